@@ -1,0 +1,190 @@
+"""Settings precedence and validation, JWT rules, and the command line (`nfhub ...` as a user runs it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+import yaml
+from starlette.testclient import TestClient
+
+import nfhub
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"port": 9000, "host": "0.0.0.0", "max_concurrent_runs": 3}))
+    config = nfhub.load_config(cfg, {"port": 9100}, environ={"NFHUB_HOST": "127.0.0.2", "NFHUB_ADMINS": "a, b"})
+    assert (config.port, config.host, config.max_concurrent_runs, config.admins) == (9100, "127.0.0.2", 3, ["a", "b"])
+    assert nfhub.load_config(None, environ={"NFHUB_CONFIG": str(cfg)}).port == 9000
+    assert nfhub.load_config(None, environ={}).port == 8000
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"prot": 1}, "unknown setting 'prot'"),
+    ({"port": "80"}, "setting 'port'"),
+    ({"max_concurrent_runs": True}, "max_concurrent_runs"),
+    ({"admins": "alice"}, "setting 'admins'"),
+    ({"token_lifetime": "forever"}, "token_lifetime"),
+    ({"secret_key": "short"}, "secret_key"),
+    ({"login_providers": {"saml": {}}}, "saml"),
+    ({"login_providers": {"openid": {"x": {"client_id": "a"}}}}, "discovery_url"),
+    ([1, 2], "mapping"),
+])
+def test_bad_settings_name_the_key(tmp_path: Path, content, message: str) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(content))
+    with pytest.raises(nfhub.StartupError, match=message):
+        nfhub.load_config(cfg, environ={})
+
+
+def test_unknown_env_setting(tmp_path: Path) -> None:
+    with pytest.raises(nfhub.StartupError, match="NFHUB_PROT"):
+        nfhub.load_config(None, environ={"NFHUB_PROT": "1"})
+
+
+def test_redacted() -> None:
+    config = nfhub.Config(secret_key="s" * 40, login_providers={
+        "openid": {"x": {"client_id": "id", "client_secret": "hush", "discovery_url": "http://x"}}})
+    shown = nfhub.redacted(config)
+    assert shown["secret_key"] == "***"
+    assert shown["login_providers"]["openid"]["x"]["client_secret"] == "***"
+    assert shown["login_providers"]["openid"]["x"]["client_id"] == "id"
+
+
+def test_secret_key_generated_once_mode_0600(tmp_path: Path) -> None:
+    config = nfhub.Config(data_dir=str(tmp_path / "d"))
+    key = nfhub.load_secret_key(config)
+    path = tmp_path / "d" / "secret_key"
+    assert len(key) >= 32 and path.stat().st_mode & 0o777 == 0o600
+    assert nfhub.load_secret_key(config) == key
+
+
+# ---- tokens ---------------------------------------------------------------------------------------------------------
+
+def _sign(claims: dict, key: str = "test-secret-key-that-is-at-least-32-bytes-long", alg: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def _claims(**over) -> dict:
+    now = int(time.time())
+    claims = {"sub": "1", "iat": now, "exp": now + 600, "jti": "j1", "iss": "nfhub"}
+    claims.update(over)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+@pytest.mark.parametrize("token", [
+    "", "garbage", "a.b", "a.b.c",
+    _sign(_claims(exp=int(time.time()) - 100)),
+    _sign(_claims(exp=None)), _sign(_claims(iat=None)), _sign(_claims(jti=None)), _sign(_claims(sub=None)),
+    _sign(_claims(iss="someone-else")),
+    _sign(_claims(), key="another-key-that-is-also-long-enough-1234"),
+    _sign(_claims(), key="k" * 64, alg="HS512"),
+    _sign(_claims(iat=int(time.time()) + 600, exp=int(time.time()) + 1200)),
+    _sign(_claims(exp=int(time.time()) + 10 * 365 * 86400)),
+    jwt.encode(_claims(), None, algorithm="none"),
+    "x" * 100_000,
+], ids=["empty", "garbage", "two-parts", "bad-b64", "expired", "no-exp", "no-iat", "no-jti", "no-sub", "wrong-iss",
+        "wrong-key", "hs512", "future-iat", "too-long-lifetime", "alg-none", "huge"])
+def test_bad_tokens_are_401(client: TestClient, make_user, token: str) -> None:
+    make_user("alice")  # user id 1 exists, so only the token itself is wrong
+    r = client.get("/api/projects", headers={"x-access-token": token})
+    assert r.status_code == 401 and r.json()["error"]
+
+
+def test_tampered_token_is_401(client: TestClient, make_user) -> None:
+    token = make_user("alice")
+    make_user("bob")
+    header, payload, sig = token.split(".")
+    import base64
+    import json
+
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "2"
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert client.get("/api/projects", headers={"x-access-token": token}).status_code == 200
+    assert client.get("/api/projects", headers={"x-access-token": f"{header}.{forged}.{sig}"}).status_code == 401
+
+
+def test_token_in_query_string_is_not_accepted(client: TestClient, make_user) -> None:
+    token = make_user("alice")
+    assert client.get(f"/api/projects?token={token}").status_code == 401
+    assert client.get("/api/projects").status_code == 401
+
+
+def test_token_of_deleted_user_is_401(client: TestClient, make_user, rows, config) -> None:
+    token = make_user("alice")
+    import sqlite3
+
+    conn = sqlite3.connect(config.data_path / "nfhub.sqlite")
+    conn.execute("UPDATE users SET disabled = 1")
+    conn.commit()
+    conn.close()
+    assert client.get("/api/projects", headers={"x-access-token": token}).status_code == 401
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------------------
+
+def nfhub_cli(*args: str, config_file: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NFHUB_")}
+    return subprocess.run([sys.executable, str(ROOT / "nfhub.py"), "--config", str(config_file), *args],
+                          input=stdin, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_cli_user_add_and_token(config_file: Path, config: nfhub.Config) -> None:
+    r = nfhub_cli("user", "add", "dora", "--admin", "--password-stdin", config_file=config_file,
+                  stdin="correct horse battery\n")
+    assert r.returncode == 0, r.stderr
+    assert "correct horse" not in r.stdout + r.stderr
+    r = nfhub_cli("user", "add", "dora", "--password-stdin", config_file=config_file, stdin="whatever123\n")
+    assert r.returncode == 1 and "already exists" in r.stderr
+    r = nfhub_cli("token", "dora", "--lifetime", "1h", config_file=config_file)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 3600
+    assert nfhub_cli("token", "nobody", config_file=config_file).returncode == 1
+    db = nfhub._open_sync(config)
+    stored = db.execute("SELECT password_hash, is_admin FROM users WHERE name = 'dora'").fetchone()
+    db.close()
+    assert stored["is_admin"] == 1 and "correct horse" not in stored["password_hash"]
+    assert nfhub.verify_password("correct horse battery", stored["password_hash"])
+    assert not nfhub.verify_password("wrong", stored["password_hash"])
+    with TestClient(nfhub.create_app(config)) as c:
+        assert c.get("/api/projects", headers={"x-access-token": token}).status_code == 200
+
+
+def test_cli_check(config_file: Path, settings: dict, tmp_path: Path) -> None:
+    stub = tmp_path / "nextflow"
+    stub.write_text("#!/bin/sh\necho 'nextflow version 25.10.2.10555'\n")
+    stub.chmod(0o755)
+    settings["nextflow"] = str(stub)
+    config_file.write_text(yaml.safe_dump(settings))
+    r = nfhub_cli("check", config_file=config_file)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hello" in r.stdout and "nextflow version 25.10.2" in r.stdout
+    assert settings["secret_key"] not in r.stdout
+    settings["nextflow"] = str(tmp_path / "no-such-nextflow")
+    config_file.write_text(yaml.safe_dump(settings))
+    r = nfhub_cli("check", config_file=config_file)
+    assert r.returncode == 1 and "not found" in r.stdout
+
+
+def test_cli_bad_config_names_key(config_file: Path, settings: dict) -> None:
+    settings["colour"] = "blue"
+    config_file.write_text(yaml.safe_dump(settings))
+    r = nfhub_cli("check", config_file=config_file)
+    assert r.returncode == 2 and "unknown setting 'colour'" in r.stderr
+
+
+def test_cli_help_lists_commands() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "nfhub.py"), "--help"], capture_output=True, text=True)
+    for word in ("serve", "user", "token", "check", "max_upload_bytes"):
+        assert word in r.stdout

@@ -1,0 +1,188 @@
+"""The seed's Projects API over HTTP against the real app and a real SQLite file."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+import nfhub
+
+
+def create(client: TestClient, headers: dict, name: str = "exp1") -> dict:
+    r = client.post("/api/projects/create", json={"name": name}, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()["project"]
+
+
+def test_health_and_openapi(client: TestClient) -> None:
+    assert client.get("/api/health").json() == {"status": "ok", "version": nfhub.VERSION}
+    doc = client.get("/api/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    for path in ("/api/projects", "/api/projects/create", "/api/projects/{id}/update", "/api/projects/count"):
+        assert path in doc["paths"]
+
+
+def test_create_get_list_count(client: TestClient, alice: dict) -> None:
+    project = create(client, alice, "RNA batch 1")
+    assert project["name"] == "RNA batch 1"
+    for key, value in {"workflow_arguments": {}, "nextflow_project": None, "submitted_processes": 0,
+                       "completed_processes": 0, "is_scheduled": False, "owner": "alice", "access": "owner"}.items():
+        assert project[key] == value
+    assert client.get(f"/api/projects/{project['id']}", headers=alice).json() == {"project": project}
+    create(client, alice, "second")
+    listed = client.get("/api/projects", headers=alice).json()["projects"]
+    assert [p["name"] for p in listed] == ["RNA batch 1", "second"]
+    assert client.get("/api/projects/count", headers=alice).json() == {"count": 2}
+
+
+def test_project_folder_created_and_deleted(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+    project = create(client, alice)
+    folder = nfhub.project_dir(config, project["id"])
+    assert folder.is_dir()
+    (folder / "reads.fastq").write_text("@r1\nACGT\n+\n!!!!\n")
+    assert client.post(f"/api/projects/{project['id']}/delete", headers=alice).json() == {}
+    assert not folder.exists()
+    assert client.get(f"/api/projects/{project['id']}", headers=alice).status_code == 404
+    assert client.get("/api/projects/count", headers=alice).json() == {"count": 0}
+
+
+def test_update_pipeline_and_arguments(client: TestClient, alice: dict) -> None:
+    pid = create(client, alice)["id"]
+    r = client.post(f"/api/projects/{pid}/update", json={"nextflow_project": "hello"}, headers=alice)
+    assert r.status_code == 200 and r.json() == {}
+    assert client.get(f"/api/projects/{pid}", headers=alice).json()["project"]["nextflow_project"] == "hello"
+    r = client.post(f"/api/projects/{pid}/update", json={"name": "renamed"}, headers=alice)
+    assert r.json() == {}
+    project = client.get(f"/api/projects/{pid}", headers=alice).json()["project"]
+    assert project["name"] == "renamed" and project["nextflow_project"] == "hello"
+
+
+def test_update_unknown_pipeline_changes_nothing(client: TestClient, alice: dict) -> None:
+    pid = create(client, alice)["id"]
+    before = client.get(f"/api/projects/{pid}", headers=alice).json()
+    r = client.post(f"/api/projects/{pid}/update", json={"nextflow_project": "nope", "name": "x"}, headers=alice)
+    assert r.status_code == 422
+    assert r.json()["details"] == {"nextflow_project": "not in the catalog"}
+    assert client.get(f"/api/projects/{pid}", headers=alice).json() == before
+
+
+@pytest.mark.parametrize("body,status", [
+    ({}, 422), ({"name": ""}, 422), ({"name": "   "}, 422), ({"name": None}, 422), ({"name": 5}, 422),
+    ({"name": "x" * 201}, 422), ({"name": "bad\x00name"}, 422), ({"name": "tab\tname"}, 422),
+    ({"name": "esc\x1bname"}, 422),
+], ids=["missing", "empty", "blank", "null", "number", "too-long", "nul", "tab", "escape"])
+def test_create_rejects_bad_names(client: TestClient, alice: dict, body: dict, status: int, rows) -> None:
+    r = client.post("/api/projects/create", json=body, headers=alice)
+    assert r.status_code == status
+    assert set(r.json()) <= {"error", "details"} and r.json()["error"]
+    assert rows("SELECT count(*) FROM projects")[0][0] == 0
+
+
+def test_name_of_200_characters_is_fine(client: TestClient, alice: dict) -> None:
+    assert create(client, alice, "é" * 200)["name"] == "é" * 200
+
+
+@pytest.mark.parametrize("raw", [b"{", b"[1, 2]", b'"name"', b"\xff\xfe", b"{" * 100000 + b"}" * 100000])
+def test_malformed_json_is_400(client: TestClient, alice: dict, raw: bytes, rows) -> None:
+    r = client.post("/api/projects/create", content=raw, headers={**alice, "content-type": "application/json"})
+    assert r.status_code in (400, 413)
+    assert "error" in r.json()
+    assert rows("SELECT count(*) FROM projects")[0][0] == 0
+
+
+def test_body_too_large_is_413(client: TestClient, alice: dict) -> None:
+    r = client.post("/api/projects/create", content=b'{"name": "' + b"a" * (2 << 20) + b'"}', headers=alice)
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/api/projects/999", "/api/projects/abc", "/api/projects/-1",
+                                  "/api/projects/99999999999999999999999", "/api/projects/1.5"])
+def test_unknown_or_bad_ids_are_404(client: TestClient, alice: dict, path: str) -> None:
+    r = client.get(path, headers=alice)
+    assert r.status_code == 404 and r.json() == {"error": r.json()["error"]}
+
+
+def test_ownership(client: TestClient, alice: dict, bob: dict) -> None:
+    pid = create(client, alice)["id"]
+    for method, path, body in [("get", f"/api/projects/{pid}", None),
+                               ("post", f"/api/projects/{pid}/update", {"name": "mine"}),
+                               ("post", f"/api/projects/{pid}/delete", None)]:
+        r = client.request(method.upper(), path, json=body, headers=bob)
+        assert r.status_code == 404, path
+    assert client.get("/api/projects", headers=bob).json() == {"projects": []}
+    assert client.get("/api/projects/count", headers=bob).json() == {"count": 0}
+    assert client.get(f"/api/projects/{pid}", headers=alice).json()["project"]["name"] == "exp1"
+
+
+def test_admin_sees_all(client: TestClient, alice: dict, make_user) -> None:
+    pid = create(client, alice)["id"]
+    root = {"x-access-token": make_user("root", admin=True)}
+    listed = client.get("/api/projects", headers=root).json()["projects"]
+    assert [(p["id"], p["access"], p["owner"]) for p in listed] == [(pid, "admin", "alice")]
+    assert client.get("/api/projects/count", headers=root).json() == {"count": 1}
+
+
+def test_admins_setting_grants_admin(settings: dict, config_file, make_user) -> None:
+    import yaml
+
+    settings["admins"] = ["carol"]
+    config_file.write_text(yaml.safe_dump(settings))
+    config = nfhub.load_config(config_file, environ={})
+    with TestClient(nfhub.create_app(config)) as c:
+        a = {"x-access-token": make_user("alice")}
+        c.post("/api/projects/create", json={"name": "a"}, headers=a)
+        carol = {"x-access-token": make_user("carol")}
+        assert c.get("/api/projects/count", headers=carol).json() == {"count": 1}
+
+
+def test_update_and_delete_refused_while_run_active(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+    pid = create(client, alice)["id"]
+    import sqlite3
+
+    conn = sqlite3.connect(config.data_path / "nfhub.sqlite")
+    conn.execute("INSERT INTO runs (project_id, status, nextflow_project, run_name, secret_hash, created_at)"
+                 " VALUES (?, 'running', 'hello', 'nfhub-1-x', 'x', 'now')", (pid,))
+    conn.commit()
+    conn.close()
+    assert client.get(f"/api/projects/{pid}", headers=alice).json()["project"]["is_scheduled"] is True
+    assert client.post(f"/api/projects/{pid}/update", json={"name": "n"}, headers=alice).status_code == 409
+    assert client.post(f"/api/projects/{pid}/delete", headers=alice).status_code == 409
+    assert client.get(f"/api/projects/{pid}", headers=alice).json()["project"]["name"] == "exp1"
+
+
+def test_seed_typo_alias_accepted(client: TestClient, alice: dict) -> None:
+    pid = create(client, alice)["id"]
+    r = client.post(f"/api/projects/{pid}/update", json={"nextflow_project": "hello", "nextflow_argumenty": {}},
+                    headers=alice)
+    assert r.status_code == 200
+
+
+def test_restart_keeps_data(config: nfhub.Config, make_user) -> None:
+    with TestClient(nfhub.create_app(config)) as c:
+        token = {"x-access-token": make_user("alice")}
+        pid = create(c, token, "kept")["id"]
+    with TestClient(nfhub.create_app(config)) as c:
+        assert c.get(f"/api/projects/{pid}", headers=token).json()["project"]["name"] == "kept"
+
+
+def test_unexpected_exception_is_generic_500(config: nfhub.Config, make_user, monkeypatch, caplog) -> None:
+    async def boom(*a, **k):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(nfhub, "list_projects", boom)
+    with TestClient(nfhub.create_app(config), raise_server_exceptions=False) as c:
+        token = make_user("alice")
+        r = c.get("/api/projects", headers={"x-access-token": token})
+    assert r.status_code == 500 and r.json() == {"error": "internal error"}
+    assert "secret internals" in caplog.text and token not in caplog.text
+
+
+def test_security_headers(client: TestClient) -> None:
+    r = client.get("/api/health")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["referrer-policy"] == "no-referrer"
+
+
+def test_method_not_allowed_is_json(client: TestClient, alice: dict) -> None:
+    r = client.request("TRACE", "/api/projects", headers=alice)
+    assert r.status_code == 405 and "error" in r.json()

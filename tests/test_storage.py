@@ -1,0 +1,71 @@
+"""The database layer: pragmas, migrations from an empty file, the one write path."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+import nfhub
+
+
+def test_migrations_from_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    path.write_bytes(b"")
+    assert nfhub.migrate(path) == len(nfhub.MIGRATIONS)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(nfhub.MIGRATIONS)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"users", "tokens", "projects", "shares", "runs", "tasks", "events"} <= tables
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    assert nfhub.migrate(path) == len(nfhub.MIGRATIONS)  # idempotent
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=999")
+    conn.close()
+    with pytest.raises(nfhub.StartupError, match="newer"):
+        nfhub.migrate(path)
+
+
+def test_store_pragmas_and_rollback(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = nfhub.Store(tmp_path / "db.sqlite")
+        await store.open()
+        try:
+            assert (await store.one("PRAGMA foreign_keys"))["foreign_keys"] == 1
+            assert (await store.one("PRAGMA busy_timeout"))["timeout"] >= 5000
+            assert (await store.one("PRAGMA journal_mode"))["journal_mode"] == "wal"
+            uid = await nfhub.create_user(store, "u")
+            with pytest.raises(RuntimeError):
+                async with store.write() as db:
+                    await db.execute("INSERT INTO projects (owner_id, name, created_at, updated_at)"
+                                     " VALUES (?, 'p', 'x', 'x')", (uid,))
+                    raise RuntimeError("abort")
+            assert (await store.one("SELECT count(*) AS n FROM projects"))["n"] == 0
+            # Cancellation in the middle of a transaction rolls back too.
+            with anyio.move_on_after(0.05):
+                async with store.write() as db:
+                    await db.execute("INSERT INTO projects (owner_id, name, created_at, updated_at)"
+                                     " VALUES (?, 'p', 'x', 'x')", (uid,))
+                    await anyio.sleep(10)
+            assert (await store.one("SELECT count(*) AS n FROM projects"))["n"] == 0
+
+            async def writer(i: int) -> None:
+                async with store.write() as db:
+                    await db.execute("INSERT INTO projects (owner_id, name, created_at, updated_at)"
+                                     " VALUES (?, ?, 'x', 'x')", (uid, f"p{i}"))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(50):
+                    tg.start_soon(writer, i)
+            assert (await store.one("SELECT count(*) AS n FROM projects"))["n"] == 50
+        finally:
+            await store.close()
+
+    anyio.run(main)
