@@ -933,6 +933,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "/api/projects/{id}/delete": {"post": _op("Delete a project and its files", params=[_ID],
                                                   response={"type": "object"}, errors=(403, 404, 409))},
     }
+    import nfhub_auth
+
+    paths.update(nfhub_auth.openapi_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "nfhub", "version": VERSION,
@@ -1003,6 +1006,8 @@ async def ensure_first_user(store: Store) -> dict[str, Any]:
 
 def create_app(config: Config) -> Starlette:
     """Build the nfhub application for this configuration. Nothing starts until the ASGI lifespan runs."""
+    import nfhub_auth  # a sibling that uses this module's storage and errors; imported here to avoid a cycle
+
     catalog = load_catalog_for(config)
 
     @contextlib.asynccontextmanager
@@ -1016,6 +1021,7 @@ def create_app(config: Config) -> Starlette:
         app.state.tokens = Tokens(load_secret_key(config), config.token_seconds, config.max_token_seconds)
         await load_revocations(store, app.state.tokens)
         app.state.first_admin = await ensure_first_user(store)
+        await nfhub_auth.startup(app, config)
         if getattr(app.state, "announce_login", False) and app.state.first_admin:
             admin = app.state.first_admin
             token, _ = app.state.tokens.issue(admin["id"])
@@ -1042,6 +1048,7 @@ def create_app(config: Config) -> Starlette:
         Route("/api/projects/{id:int}", projects_get, methods=["GET"]),
         Route("/api/projects/{id:int}/update", projects_update, methods=["POST"]),
         Route("/api/projects/{id:int}/delete", projects_delete, methods=["POST"]),
+        *nfhub_auth.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_error_classes())
     app.state.config = config
@@ -1219,4 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, so that sibling modules importing `nfhub` share its classes.
+    import nfhub
+
+    sys.exit(nfhub.main())
