@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 import yaml
 from starlette.testclient import TestClient
 
@@ -88,4 +95,95 @@ def rows(config: nfhub.Config) -> Callable[..., list[sqlite3.Row]]:
     return lambda sql, params=(): db_rows(config, sql, params)
 
 
-sys.path.insert(0, str(ROOT))
+
+# ---- live servers ----------------------------------------------------------------------------------------------------
+
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.02, what: str = "") -> object:
+    """Poll until predicate() is truthy; its value, or AssertionError after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class LiveServer:
+    """nfhub under a real uvicorn in a thread, on a free loopback port (Nextflow's weblog needs real HTTP)."""
+
+    def __init__(self, config: nfhub.Config):
+        self.config = config
+        self.app = nfhub.create_app(config)
+        self.url = f"http://127.0.0.1:{config.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_level="warning",
+                                                    lifespan="on", timeout_graceful_shutdown=2))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, 15, what="uvicorn to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        procs = list(getattr(getattr(self.app.state, "runs", None), "procs", {}).values())
+        self.server.should_exit = True
+        self.thread.join(15)
+        self.http.close()
+        for proc in procs:  # no test leaves a pipeline behind
+            proc.kill_group()
+
+
+@pytest.fixture
+def live_settings(settings: dict) -> dict:
+    settings["port"] = free_port()
+    return settings
+
+
+@pytest.fixture
+def live(live_settings: dict, config_file: Path) -> Iterator[LiveServer]:
+    config_file.write_text(yaml.safe_dump(live_settings))
+    with LiveServer(nfhub.load_config(config_file, environ={})) as server:
+        yield server
+
+
+class ServerProcess:
+    """`nfhub serve` as its own process, for restart and kill -9 scenarios."""
+
+    def __init__(self, config_file: Path, port: int, log: Path):
+        self.config_file, self.port, self.log = config_file, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NFHUB_")}
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nfhub.py"), "--config", str(self.config_file),
+                                      "serve"], stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{self.url}/api/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+                return False
+
+        wait_for(up, 30, 0.05, "nfhub serve to answer")
+        return self
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+
