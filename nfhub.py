@@ -36,8 +36,9 @@ import yaml
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.staticfiles import StaticFiles
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import nfhub_catalog
@@ -714,6 +715,18 @@ async def create_user(store: Store, name: str, *, password: str | None = None, i
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "version": VERSION})
+
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+            "connect-src 'self'; frame-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
+
+
+async def page(request: Request) -> Response:
+    """The web page: one HTML file and plain JavaScript modules from static/, no build step, no CDN."""
+    return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_CSP,
+                                                            "Cache-Control": "no-cache"})
 
 
 async def openapi(request: Request) -> Response:
@@ -1763,8 +1776,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
 class SecurityHeaders:
     """Adds protective headers to every response (pure ASGI: no per-request task like BaseHTTPMiddleware)."""
 
+    # Same-origin framing only: the page shows HTML reports in a sandboxed iframe of its own.
     HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-               (b"x-frame-options", b"DENY")]
+               (b"x-frame-options", b"SAMEORIGIN")]
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -1780,7 +1794,7 @@ class SecurityHeaders:
                 present = {k.lower() for k, _ in headers}
                 headers.extend(h for h in self.HEADERS if h[0] not in present)
                 if b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", b"frame-ancestors 'none'"))
+                    headers.append((b"content-security-policy", b"frame-ancestors 'self'"))
                 message["headers"] = headers
             await send(message)
 
@@ -1848,6 +1862,8 @@ def create_app(config: Config) -> Starlette:
             await store.close()
 
     routes = [
+        Route("/", page, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
         Route("/api/health", health, methods=["GET"]),
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/api/projects", projects_list, methods=["GET"]),

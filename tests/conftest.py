@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -168,8 +169,9 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NFHUB_")}
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "nfhub.py"), "--config", str(self.config_file),
-                                      "serve"], stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, str(ROOT / "nfhub.py"), "--config", str(self.config_file),
+                                          "serve"], stdout=out, stderr=subprocess.STDOUT, env=env)
 
         def up() -> bool:
             try:
@@ -185,5 +187,83 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(30)
+
+
+
+
+# ---- pipelines and runs ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fast_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Nextflow double's task times are scaled down for tests."""
+    monkeypatch.setenv("FAKE_NEXTFLOW_TIME_SCALE", "0.3")
+
+
+def make_pipeline(root: Path, name: str, spec: dict, schema: dict | None = None) -> Path:
+    folder = root / "pipelines" / name
+    folder.mkdir(parents=True)
+    procs = "\n".join(f"process {t['process']} {{\n  script: 'true'\n}}" for t in spec["tasks"])
+    (folder / "main.nf").write_text(f"{procs}\nworkflow {{ }}\n")
+    (folder / "fake_nextflow.json").write_text(json.dumps(spec))
+    return folder
+
+
+@pytest.fixture
+def catalog(tmp_path: Path, live_settings: dict) -> Path:
+    """A catalog with the demo pipeline plus scripted ones for failures and cancellation."""
+    make_pipeline(tmp_path, "fails", {"tasks": [
+        {"process": "GOOD", "each": ["a", "b"], "seconds": 0.1},
+        {"process": "BAD", "after": "GOOD", "each": ["a"], "seconds": 0.1, "exit": 3,
+         "stderr": "samtools: truncated file\n"},
+    ]})
+    make_pipeline(tmp_path, "slow", {"tasks": [
+        {"process": "SLEEPY", "each": ["x", "y"], "seconds": 60, "ignore_sigterm": True},
+    ]})
+    entries = {
+        "hello": {"description": "demo", "source": str(ROOT / "pipelines" / "hello"),
+                  "static_arguments": {"outdir": "results"}},
+        "fails": {"description": "fails", "source": "./pipelines/fails", "static_arguments": {"outdir": "results"}},
+        "slow": {"description": "slow", "source": "./pipelines/slow"},
+    }
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(entries))
+    live_settings["pipelines"] = str(path)
+    live_settings["cancel_grace"] = 2
+    return path
+
+
+@pytest.fixture
+def server(catalog: Path, live_settings: dict, config_file: Path):
+    config_file.write_text(yaml.safe_dump(live_settings))
+    with LiveServer(nfhub.load_config(config_file, environ={})) as s:
+        yield s
+
+
+@pytest.fixture
+def token(server: LiveServer, make_user) -> dict:
+    return {"x-access-token": make_user("alice")}
+
+
+def new_project(http: httpx.Client, headers: dict, pipeline: str, args: dict, files: dict | None = None) -> int:
+    pid = http.post("/api/projects/create", json={"name": f"p-{pipeline}"}, headers=headers).json()["project"]["id"]
+    for name, content in (files or {}).items():
+        r = http.post(f"/api/projects/{pid}/upload-file", headers=headers, data={"directory": ""},
+                      files={"file": (name, content)})
+        assert r.status_code == 200, r.text
+    r = http.post(f"/api/projects/{pid}/update", json={"nextflow_project": pipeline, "workflow_arguments": args},
+                  headers=headers)
+    assert r.status_code == 200, r.text
+    return pid
+
+
+def wait_done(http: httpx.Client, headers: dict, pid: int, timeout: float = 60) -> dict:
+    def done() -> dict | None:
+        project = http.get(f"/api/projects/{pid}", headers=headers).json()["project"]
+        return project if not project["is_scheduled"] else None
+
+    wait_for(done, timeout, 0.05, f"project {pid} to finish")
+    runs = http.get(f"/api/projects/{pid}/runs", headers=headers).json()["runs"]
+    return http.get(f"/api/projects/{pid}/runs/{runs[0]['id']}", headers=headers).json()["run"]
 
 
