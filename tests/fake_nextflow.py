@@ -5,7 +5,10 @@ It reproduces what nfhub relies on (see ../shared/nextflow.md §2-§8): CLI opti
 envelope, order, trace fields and units, the OffsetDateTime quirk of `start`/`complete`), the trace file,
 `.nextflow/history`, the task cache used by `-resume`, work dirs, published outputs, signals and exit codes.
 Tasks are real child processes (one `python -S .command.run` per task, in this process's group), so SIGTERM/SIGKILL
-behaviour can be tested. It never creates its own process group: whoever launches it does that.
+behaviour can be tested. It never creates its own process group: whoever launches it does that. A task is reported
+`process_started` once its runner has written `.command.begin` (as Nextflow's polling monitor does). On SIGTERM/SIGHUP/
+SIGINT it SIGTERMs its tasks, sends ABORTED records, `completed` and `error`, waits briefly to reap them and exits 1;
+a task that ignores SIGTERM is left to the caller's process-group kill.
 
 Commands: `run`, `log`, `info`, `-v`, `-version`, `-h`. Global options before the command: `-log F`, `-c F`, `-C F`,
 `-q`. `run` options: `-params-file F`, `-name N`, `-w/-work-dir D`, `-profile a,b`, `-c F`, `-r REV`, `-resume [id]`,
@@ -20,7 +23,7 @@ What the pipeline does comes from `<pipeline dir>/fake_nextflow.json` (without i
       "tasks": [                         # required: task entries, in declaration order
         {
           "process": "SAY_HELLO",        # required; may be fully qualified ("WF:SAY_HELLO")
-          "each": ["a", "b"]             # one task per item; or {"lines_of": "input", "limit": "max_names"}
+          "each": ["a", "b"],            # one task per item; or {"lines_of": "input", "limit": "max_names"}
                                          #   (non-empty stripped lines of the file params.input, at most
                                          #   params.max_names of them; "limit" may also be a number);
                                          #   or {"param": "samples"} (a list param, or a comma-separated string)
@@ -115,7 +118,7 @@ DEFAULT_TRACE_FIELDS = (
 ERROR_STRATEGIES = ("terminate", "finish", "ignore", "retry")
 PUBLISH_MODES = ("symlink", "rellink", "link", "copy", "copyNoFollow", "move")
 POLL_SECONDS = 0.01
-KILL_WAIT_SECONDS = 2.0
+KILL_WAIT_SECONDS = 0.5
 
 # Options of `nextflow run` that take a value, that take an optional value, and flags (CmdRun, 25.10).
 RUN_VALUE_OPTS = {
@@ -544,14 +547,15 @@ class ConfigParser:
                 raise AbortOperation(
                     f"Unable to parse config file: '{self._path}' -- unexpected '}}' at line {tok.line}")
             if tok.kind in ("ident", "str") and nxt is not None:
-                # a quoted name is one key; an identifier may be dotted (`weblog.enabled`)
-                parts = tuple(tok.text.split(".")) if tok.kind == "ident" else (self._string(tok.text),)
-                if nxt.text == "=":
-                    value, pos = self._value(toks, pos + 2)
+                # a name: dotted identifiers and quoted segments (`process.'withName:X'.cpus`)
+                parts, end = self._name(toks, pos)
+                after = toks[end] if end < len(toks) else None
+                if after is not None and after.text == "=":
+                    value, pos = self._value(toks, end + 1)
                     self._assign(target, parts, value, prefix)
                     continue
-                if nxt.text == "{":
-                    pos = self._block(toks, pos + 2, self._sub(target, parts), True, prefix + parts)
+                if after is not None and after.text == "{":
+                    pos = self._block(toks, end + 1, self._sub(target, parts), True, prefix + parts)
                     continue
                 if nxt.text == ":" and tok.text in ("withName", "withLabel"):
                     end = pos + 2
@@ -573,6 +577,17 @@ class ConfigParser:
                             ids.append(value)
                     continue
             pos = self._skip_statement(toks, pos)
+
+    def _name(self, toks: list[Tok], pos: int) -> tuple[tuple[str, ...], int]:
+        parts: list[str] = []
+        while pos < len(toks) and toks[pos].kind in ("ident", "str"):
+            tok = toks[pos]
+            parts.extend(tok.text.split(".") if tok.kind == "ident" else [self._string(tok.text)])
+            pos += 1
+            if not (pos + 1 < len(toks) and toks[pos].text == "." and toks[pos + 1].kind in ("ident", "str")):
+                break
+            pos += 1
+        return tuple(parts), pos
 
     def _include(self, name: str, target: dict[str, Any], prefix: tuple[str, ...]) -> None:
         path = Path(name) if os.path.isabs(name) else self._path.parent / name
@@ -1261,6 +1276,10 @@ class Stats:
     def finished(self, task: Task, outcome: str) -> None:
         # outcome: succeeded | failed | ignored | retried | aborted
         rec = self._proc(task)
+        if task.start_ms == 0:  # aborted before it began running
+            rec["submitted"] -= 1
+            rec["aborted"] += 1
+            return
         rec["running"] -= 1
         cpus, mem = task.record.get("cpus") or 1, task.record.get("memory") or 0
         rec["loadCpus"] -= cpus
@@ -1535,7 +1554,6 @@ class FakeRun:
         self.resume = False
         self.fault: Task | None = None
         self.finishing = False
-        self.error_sent = False
         self.complete_ms: int | None = None
 
     # -- start-up (no events yet) --
@@ -1545,7 +1563,7 @@ class FakeRun:
         name = self.opts.name
         if name == "last":
             raise AbortOperation("Not a valid run name: `last`")
-        if name is not None and not RUN_NAME_RE.match(name):
+        if name is not None and not RUN_NAME_RE.fullmatch(name):
             raise AbortOperation(f"Not a valid run name: `{name}` -- It must match the pattern {RUN_NAME_RE.pattern}")
         used = set() if ignore_history else {e.run_name for e in self.history.entries()}
         if name is None:
@@ -1838,8 +1856,11 @@ class FakeRun:
             if self.signal_name:
                 self._abort(self.signal_name)
                 return
-            for task in [t for t in self.tasks if t.state == "RUNNING"]:
-                if task.proc is not None and task.proc.poll() is not None:
+            for task in [t for t in self.tasks if t.state in ("SUBMITTED", "RUNNING")]:
+                exited = task.proc is not None and task.proc.poll() is not None
+                if task.state == "SUBMITTED" and (exited or (task.workdir / ".command.begin").exists()):
+                    self._started(task)  # like Nextflow's polling monitor: running once .command.begin exists
+                if task.state == "RUNNING" and exited:
                     self._complete(task)
                     if self.fault is not None and not self.finishing:
                         self._abort_fault()
@@ -1848,13 +1869,13 @@ class FakeRun:
                     break
             if self.signal_name:
                 continue
-            running = sum(1 for t in self.tasks if t.state == "RUNNING")
+            running = sum(1 for t in self.tasks if t.state in ("SUBMITTED", "RUNNING"))
             if not self.finishing:
                 for task in self.tasks:
                     if self.signal_name or task.state != "PENDING":
                         continue
                     deps = [d.final() for d in task.deps]
-                    if any(d.state in ("PENDING", "RUNNING") for d in deps):
+                    if any(d.state in ("PENDING", "SUBMITTED", "RUNNING") for d in deps):
                         continue
                     if any(d.state not in ("COMPLETED", "CACHED") for d in deps):
                         task.state = "SKIPPED"
@@ -1984,13 +2005,20 @@ class FakeRun:
         verb = "Submitted" if task.attempt == 1 else "Re-submitted"
         self.console.info(f"[{task.hash_log}] {verb} process > {task.name}")
         task.submit_ms = now_ms()
+        # A task that ignores SIGTERM must do so from its first instruction: set it before exec (it survives exec).
+        ignore_term = runner_spec["ignore_sigterm"]
         with open(task.workdir / ".command.log", "wb") as log:
-            task.proc = subprocess.Popen([sys.executable, "-S", ".command.run"], cwd=task.workdir,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        task.state = "RUNNING"
+            task.proc = subprocess.Popen(
+                [sys.executable, "-S", ".command.run"], cwd=task.workdir, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)) if ignore_term else None)
+        task.state = "SUBMITTED"
         task.record = self._base_record(task, "SUBMITTED")
         self.stats.submitted(task)
         self._send("process_submitted", trace=task.record)
+
+    def _started(self, task: Task) -> None:
+        task.state = "RUNNING"
         task.start_ms = now_ms()
         task.record = self._base_record(task, "RUNNING")
         self.stats.running(task)
@@ -2048,7 +2076,6 @@ class FakeRun:
                 self.fault = task
                 self.finishing = True
                 self.console.info("Execution cancelled -- Finishing pending tasks before exit")
-                self.error_sent = True
                 self._send("error", trace=record)
         else:
             if self.fault is None:
@@ -2108,7 +2135,7 @@ class FakeRun:
     # -- endings --
 
     def _kill_running(self) -> list[Task]:
-        running = [t for t in self.tasks if t.state == "RUNNING"]
+        running = [t for t in self.tasks if t.state in ("SUBMITTED", "RUNNING")]
         if not running:
             return []
         self.console.warn(f"Killing running tasks ({len(running)})")
@@ -2159,7 +2186,6 @@ class FakeRun:
         killed = self._kill_running()
         self._send("completed", metadata=self._metadata(final=True))
         self._send("error")
-        self.error_sent = True
         self._reap(killed)
 
     def _abort(self, signal_name: str) -> None:
@@ -2168,7 +2194,6 @@ class FakeRun:
         killed = self._kill_running()
         self._send("completed", metadata=self._metadata(final=True))
         self._send("error")
-        self.error_sent = True
         self._reap(killed)
 
     def _finish_script_error(self, message: str) -> int:
