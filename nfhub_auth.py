@@ -1,25 +1,708 @@
 """nfhub users: OpenID Connect login, local accounts, logout, personal API tokens and project sharing.
 
-Imported by nfhub.create_app (never at nfhub's import time); it uses nfhub's storage, errors and token helpers."""
+Imported by nfhub.create_app (never at nfhub's import time); it uses nfhub's storage, errors and token helpers.
+Every token is one of nfhub's own HS256 JWTs (nfhub.Tokens); identity providers only prove who someone is."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import logging
+import math
+import re
+import time
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
+import httpx
+import joserfc.errors
+from authlib.common.errors import AuthlibBaseError
+from authlib.integrations.base_client.errors import MismatchingStateError
+from authlib.integrations.starlette_client import OAuth
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import nfhub
+
+try:  # Authlib >= 1.7 talks to the IdP through httpx2 when it is installed, else through httpx
+    import httpx2
+
+    _HTTP_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover
+    _HTTP_ERRORS = (httpx.HTTPError,)
+
+log = logging.getLogger("nfhub.auth")
+
+LOGIN_ATTEMPTS = 10  # failed logins allowed per username and per client address ...
+LOGIN_WINDOW = 60  # ... in this many seconds
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+DEFAULT_TOKEN_LIFETIME = 30 * 86400  # personal tokens, when the request names no lifetime (capped by the setting)
+MAX_PERSONAL_TOKENS = 100  # unexpired, unrevoked personal tokens per user
+OIDC_COOKIE = "nfhub_oidc"
+OIDC_FLOW_SECONDS = 600  # a login must come back from the provider within this time
+OIDC_DEFAULT_SCOPE = "openid email profile"
+MAX_REMEMBERED_FLOWS = 100_000  # completed login flows remembered to refuse replays (oldest forgotten first)
+# ID tokens must be signed with the provider's published keys: never HMAC (the client secret is no signing key) or none.
+_ID_TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_REASON = re.compile(r"[a-z_]{1,40}")
+
+
+# ---- Helpers -----------------------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Attempts per key in a sliding window, in memory (nfhub is one process)."""
+
+    def __init__(self, limit: int, window: float):
+        self.limit = limit
+        self.window = window
+        self._hits: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str, now: float) -> deque[float] | None:
+        hits = self._hits.get(key)
+        if hits is None:
+            return None
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if not hits:
+            del self._hits[key]
+            return None
+        return hits
+
+    def retry_after(self, key: str) -> int:
+        """Seconds until `key` may try again; 0 when it may now."""
+        now = time.monotonic()
+        hits = self._recent(key, now)
+        if hits is None or len(hits) < self.limit:
+            return 0
+        return max(1, math.ceil(hits[-self.limit] + self.window - now))
+
+    def hit(self, key: str) -> None:
+        now = time.monotonic()
+        if len(self._hits) > 10_000:  # many keys (a username spray): drop the ones with nothing recent
+            for old in list(self._hits):
+                self._recent(old, now)
+        self._hits.setdefault(key, deque(maxlen=2 * self.limit)).append(now)
+
+    def undo(self, key: str) -> None:
+        hits = self._hits.get(key)
+        if hits:
+            hits.pop()
+
+    def forget(self, key: str) -> None:
+        self._hits.pop(key, None)
+
+
+def frontend_url(config: nfhub.Config, **params: str) -> str:
+    """The configured frontend URL with `params` added to its query."""
+    parts = urlsplit(config.frontend_url or config.base_url + "/")
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _redirect(url: str) -> Response:
+    return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
+
+
+def _login_error(config: nfhub.Config, reason: str) -> Response:
+    return _redirect(frontend_url(config, error=reason))
+
+
+def _iso(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _text(data: dict[str, Any], key: str, *, max_length: int = nfhub.MAX_NAME_LENGTH) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise nfhub.APIError(422, f"{key} is required and must be a string", {key: "required string"})
+    if len(value) > max_length:
+        raise nfhub.APIError(422, f"{key} is longer than {max_length} characters", {key: f"at most {max_length}"})
+    return value
+
+
+def _is_admin(config: nfhub.Config, row: dict[str, Any]) -> bool:
+    return bool(row["is_admin"]) or row["name"] in config.admins or (
+        bool(row["email"]) and row["email"] in config.admins)
+
+
+def _user_json(config: nfhub.Config, row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "display_name": row["display_name"], "email": row["email"],
+            "provider": row["provider"], "is_admin": _is_admin(config, row)}
+
+
+def _clean_claim(value: Any, max_length: int) -> str | None:
+    if not isinstance(value, str):
+        return None
+    value = "".join(c for c in value if c.isprintable()).strip()[:max_length]
+    return value or None
+
+
+async def _record_token(db: Any, claims: dict[str, Any], kind: str, name: str | None = None) -> None:
+    await db.execute("INSERT INTO tokens (jti, user_id, kind, name, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                     (claims["jti"], int(claims["sub"]), kind, name, nfhub.now_iso(), int(claims["exp"])))
+
+
+async def issue_login_token(state: Any, user_id: int) -> str:
+    """A session JWT for a user who just logged in, recorded so that "log out everywhere" can revoke it."""
+    token, claims = state.tokens.issue(user_id)
+    async with state.store.write() as db:
+        await _record_token(db, claims, "session")
+    return token
+
+
+async def revoke_token(state: Any, claims: dict[str, Any]) -> None:
+    """Refuse this token (by jti) from now until it expires; survives restarts through the tokens table."""
+    kind = claims.get("kind") if claims.get("kind") in ("personal", "session") else "session"
+    jti, exp = str(claims["jti"]), int(claims["exp"])
+    async with state.store.write() as db:
+        await db.execute(
+            "INSERT INTO tokens (jti, user_id, kind, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(jti) DO UPDATE SET revoked_at = COALESCE(tokens.revoked_at, excluded.revoked_at)",
+            (jti, int(claims["sub"]), kind, nfhub.now_iso(), exp, int(time.time())))
+    state.tokens.revoked[jti] = exp
+    state.tokens.prune()
+
+
+async def _hash_in_thread(state: Any, func: Any, *args: Any) -> Any:
+    # scrypt costs ~16 MB and tens of ms: keep it off the event loop, and few at a time.
+    return await anyio.to_thread.run_sync(func, *args, limiter=state.hash_limiter)
+
+
+# ---- Handlers: login ---------------------------------------------------------------------------------------------
+
+
+async def login_providers(request: Request) -> Response:
+    providers = request.app.state.config.login_providers
+    return JSONResponse({kind: {name: str(spec.get("description") or name) for name, spec in entries.items()}
+                         for kind, entries in providers.items()})
+
+
+async def local_login(request: Request) -> Response:
+    state = request.app.state
+    if request.path_params["provider"] not in (state.config.login_providers.get("local") or {}):
+        raise nfhub.APIError(404, "unknown login provider")
+    data = await nfhub.read_json(request)
+    username = _text(data, "username")
+    password = _text(data, "password", max_length=MAX_PASSWORD)
+    keys = ("user:" + username.casefold(), "ip:" + (request.client.host if request.client else "unknown"))
+    wait = max(state.login_limiter.retry_after(key) for key in keys)
+    if wait:
+        return nfhub.error_response(429, f"too many failed logins; try again in {wait} seconds",
+                                    headers={"Retry-After": str(wait)})
+    for key in keys:  # counted before the check, so that parallel guesses cannot slip past the limit
+        state.login_limiter.hit(key)
+    user = await state.store.one("SELECT * FROM users WHERE name = ? AND provider = 'local'", (username,))
+    ok = await _hash_in_thread(state, nfhub.verify_password, password, user["password_hash"] if user else None)
+    if not ok or user is None or user["disabled"]:
+        # One message for every failure: the response never tells whether the account exists.
+        raise nfhub.APIError(401, "wrong username or password")
+    state.login_limiter.forget(keys[0])
+    state.login_limiter.undo(keys[1])
+    return JSONResponse({"token": await issue_login_token(state, user["id"])})
+
+
+async def change_password(request: Request) -> Response:
+    state = request.app.state
+    user = await nfhub.authenticate(request)
+    data = await nfhub.read_json(request)
+    new = data.get("new_password")
+    if not isinstance(new, str) or not MIN_PASSWORD <= len(new) <= MAX_PASSWORD:
+        raise nfhub.APIError(422, f"the new password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+                             {"new_password": f"{MIN_PASSWORD} to {MAX_PASSWORD} characters"})
+    if user["provider"] != "local":
+        raise nfhub.APIError(422, f"your account logs in through {user['provider']}; change the password there")
+    if user["password_hash"]:
+        key = "user:" + user["name"].casefold()
+        wait = state.login_limiter.retry_after(key)
+        if wait:
+            return nfhub.error_response(429, f"too many failed attempts; try again in {wait} seconds",
+                                        headers={"Retry-After": str(wait)})
+        old = data.get("old_password")
+        if not isinstance(old, str) or not old:
+            raise nfhub.APIError(422, "old_password is required", {"old_password": "required"})
+        state.login_limiter.hit(key)
+        if not await _hash_in_thread(state, nfhub.verify_password, old[:MAX_PASSWORD], user["password_hash"]):
+            raise nfhub.APIError(403, "the old password is wrong")
+        state.login_limiter.forget(key)
+    elif user["claims"].get("kind") == "personal":
+        # A token-only account (e.g. the first admin) may set its first password, but not from a script's token.
+        raise nfhub.APIError(403, "log in to set a password; personal API tokens cannot")
+    digest = await _hash_in_thread(state, nfhub.hash_password, new)
+    async with state.store.write() as db:
+        await db.execute("UPDATE users SET password_hash = ? WHERE id = ?", (digest, user["id"]))
+    return JSONResponse({})
+
+
+async def logout(request: Request) -> Response:
+    user = await nfhub.authenticate(request)
+    await revoke_token(request.app.state, user["claims"])
+    if "text/html" in request.headers.get("accept", ""):
+        return _redirect(frontend_url(request.app.state.config))
+    return Response(status_code=200)
+
+
+async def logout_all(request: Request) -> Response:
+    state = request.app.state
+    user = await nfhub.authenticate(request)
+    now = int(time.time())
+    async with state.store.write() as db:
+        async with db.execute("SELECT jti, expires_at FROM tokens WHERE user_id = ? AND revoked_at IS NULL"
+                              " AND expires_at > ?", (user["id"], now)) as cur:
+            known = list(await cur.fetchall())
+        await db.execute("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", (now, user["id"]))
+        # tokens_valid_after has one-second resolution; the recorded jtis cover tokens issued in this very second.
+        await db.execute("UPDATE users SET tokens_valid_after = ? WHERE id = ?", (now, user["id"]))
+    state.tokens.revoked.update({row["jti"]: row["expires_at"] for row in known})  # type: ignore[index]
+    await revoke_token(state, user["claims"])
+    return JSONResponse({})
+
+
+# ---- Handlers: OpenID Connect ------------------------------------------------------------------------------------
+
+
+class _ProviderError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class _OIDCSession:
+    """A signed, short-lived cookie holding the login flow's state, nonce and PKCE verifier (Authlib keeps them in
+    request.session). Only the OpenID routes get it; its key is derived from the token key at startup."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        session = SessionMiddleware(self.app, secret_key=state.oidc_session_key, session_cookie=OIDC_COOKIE,
+                                    max_age=OIDC_FLOW_SECONDS, path=state.oidc_cookie_path, same_site="lax",
+                                    https_only=state.oidc_https)
+        await session(scope, receive, send)
+
+
+def _oidc_client(request: Request) -> Any:
+    name = request.path_params["provider"]
+    if name not in (request.app.state.config.login_providers.get("openid") or {}):
+        raise nfhub.APIError(404, "unknown login provider")
+    return request.app.state.oauth.create_client(name)
+
+
+def _callback_url(config: nfhub.Config, name: str) -> str:
+    return f"{config.base_url}/api/users/openid/{name}/callback"
+
+
+async def _provider_metadata(state: Any, name: str, client: Any) -> dict[str, Any]:
+    """The provider's discovery document: fetched once (Authlib caches it on the client), checked once."""
+    metadata = await client.load_server_metadata()
+    if state.oidc_checked.get(name) == metadata.get("_loaded_at"):
+        return metadata
+    discovery_url = state.config.login_providers["openid"][name]["discovery_url"]
+    issuer = metadata.get("issuer")
+    problem = None
+    if not isinstance(issuer, str) or not issuer:
+        problem = "the discovery document has no issuer"
+    elif discovery_url.rstrip("/") != issuer.rstrip("/") + "/.well-known/openid-configuration":
+        # OpenID Connect Discovery 1.0 §4.3: the issuer is exactly the discovery URL's prefix.
+        problem = f"issuer {issuer!r} does not match the discovery URL {discovery_url!r}"
+    else:
+        missing = [k for k in ("authorization_endpoint", "token_endpoint", "jwks_uri") if not metadata.get(k)]
+        if missing:
+            problem = f"the discovery document lacks {', '.join(missing)}"
+    if problem:
+        client.server_metadata.clear()  # fetch it again next time: the provider may get fixed
+        raise _ProviderError("provider_misconfigured", f"OpenID provider {name}: {problem}")
+    offered = metadata.get("id_token_signing_alg_values_supported") or ["RS256"]
+    metadata["id_token_signing_alg_values_supported"] = [a for a in offered if a in _ID_TOKEN_ALGORITHMS] or ["RS256"]
+    state.oidc_checked[name] = metadata.get("_loaded_at")
+    return metadata
+
+
+async def openid_login(request: Request) -> Response:
+    state = request.app.state
+    client = _oidc_client(request)
+    name = request.path_params["provider"]
+    try:
+        await _provider_metadata(state, name, client)
+        return await client.authorize_redirect(request, _callback_url(state.config, name))
+    except _ProviderError as exc:
+        log.warning("%s", exc)
+        return _login_error(state.config, exc.reason)
+    except (*_HTTP_ERRORS, ValueError) as exc:
+        log.warning("OpenID provider %s is unavailable: %s", name, exc)
+        return _login_error(state.config, "provider_unavailable")
+
+
+def _reason(error: Any, default: str) -> str:
+    # Provider error codes are snake_case words (RFC 6749 §4.1.2.1); anything else is not echoed to the frontend.
+    return error if isinstance(error, str) and _REASON.fullmatch(error) else default
+
+
+async def openid_callback(request: Request) -> Response:
+    state = request.app.state
+    config = state.config
+    client = _oidc_client(request)
+    name = request.path_params["provider"]
+    params = request.query_params
+    if params.get("error"):
+        log.info("OpenID login via %s refused by the provider: %r", name, params["error"][:100])
+        return _login_error(config, _reason(params["error"], "login_failed"))
+    flow = params.get("state") or ""
+    used = state.oidc_used_states
+    now = time.time()
+    for old in [s for s, exp in used.items() if exp < now]:
+        del used[old]
+    if not flow or flow in used:
+        # The signed cookie cannot be revoked: a replayed callback with an old copy of it is refused here.
+        return _login_error(config, "invalid_state")
+    if f"_state_{name}_{flow}" in request.session:  # Authlib's key: only flows this server started are remembered
+        while len(used) >= MAX_REMEMBERED_FLOWS:
+            del used[next(iter(used))]
+        used[flow] = now + OIDC_FLOW_SECONDS
+    try:
+        await _provider_metadata(state, name, client)
+        token = await client.authorize_access_token(request)
+    except MismatchingStateError:
+        return _login_error(config, "invalid_state")
+    except _ProviderError as exc:
+        log.warning("%s", exc)
+        return _login_error(config, exc.reason)
+    except (*_HTTP_ERRORS, ValueError) as exc:
+        log.warning("OpenID provider %s is unavailable: %s", name, exc)
+        return _login_error(config, "provider_unavailable")
+    except joserfc.errors.JoseError as exc:
+        log.warning("OpenID login via %s: ID token rejected: %r", name, exc)
+        return _login_error(config, "invalid_id_token")
+    except AuthlibBaseError as exc:
+        log.warning("OpenID login via %s failed: %r", name, exc)
+        return _login_error(config, _reason(getattr(exc, "error", None), "login_failed"))
+    claims = token.get("userinfo")  # set only when an ID token was present and valid (signature, iss, aud, nonce, exp)
+    if not claims or not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        log.warning("OpenID login via %s: no valid ID token in the token response", name)
+        return _login_error(config, "invalid_id_token")
+    user = await _upsert_oidc_user(state.store, config, name, dict(claims))
+    if user["disabled"]:
+        return _login_error(config, "account_disabled")
+    return _redirect(frontend_url(config, token=await issue_login_token(state, user["id"])))
+
+
+def _name_base(claims: dict[str, Any], email: str | None) -> str:
+    for candidate in (claims.get("preferred_username"), (email or "").split("@")[0]):
+        if isinstance(candidate, str):
+            name = re.sub(r"[^A-Za-z0-9_.-]", "", candidate)[:64].strip(".-")
+            if name:
+                return name
+    return "user"
+
+
+async def _upsert_oidc_user(store: nfhub.Store, config: nfhub.Config, provider_name: str,
+                            claims: dict[str, Any]) -> dict[str, Any]:
+    """Create or update the user keyed by (provider, sub); returns its row."""
+    provider = f"openid:{provider_name}"
+    # An address the provider says is unverified is not stored: admins and shares may be named by e-mail.
+    email = None if claims.get("email_verified") is False else _clean_claim(claims.get("email"), 320)
+    display_name = _clean_claim(claims.get("name"), nfhub.MAX_NAME_LENGTH)
+    async with store.write() as db:
+        async with db.execute("SELECT * FROM users WHERE provider = ? AND subject = ?",
+                              (provider, claims["sub"])) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            await db.execute("UPDATE users SET email = ?, display_name = ? WHERE id = ?",
+                             (email, display_name, row["id"]))  # type: ignore[index]
+            return dict(row)  # type: ignore[arg-type]
+        base = _name_base(claims, email)
+        name, number = base, 1
+        while True:
+            # Names in the admins setting are skipped: preferred_username is often the user's own choice.
+            async with db.execute("SELECT 1 FROM users WHERE name = ?", (name,)) as cur:
+                if await cur.fetchone() is None and name not in config.admins:
+                    break
+            number += 1
+            name = f"{base}-{number}"
+        cur = await db.execute(
+            "INSERT INTO users (name, display_name, email, provider, subject, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, display_name, email, provider, claims["sub"], nfhub.now_iso()))
+        log.info("new user %s from OpenID provider %s", name, provider_name)
+        return {"id": cur.lastrowid, "name": name, "disabled": 0}
+
+
+# ---- Handlers: identity and tokens -------------------------------------------------------------------------------
+
+
+async def me(request: Request) -> Response:
+    user = await nfhub.authenticate(request)
+    return JSONResponse({"user": _user_json(request.app.state.config, user)})
+
+
+async def users_list(request: Request) -> Response:
+    user = await nfhub.authenticate(request)
+    if not user["is_admin"]:
+        raise nfhub.APIError(403, "only admins can list users")
+    config = request.app.state.config
+    rows = await request.app.state.store.all("SELECT * FROM users ORDER BY id")
+    return JSONResponse({"users": [{**_user_json(config, r), "disabled": bool(r["disabled"]),
+                                    "created_at": r["created_at"]} for r in rows]})
+
+
+def _lifetime(value: Any, config: nfhub.Config) -> int:
+    if value is None:
+        return min(DEFAULT_TOKEN_LIFETIME, config.max_token_seconds)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise nfhub.APIError(422, "lifetime must be seconds or a duration like 30m, 12h, 90d",
+                             {"lifetime": "seconds or a duration"})
+    try:
+        seconds = nfhub.parse_duration(value, "lifetime")
+    except nfhub.StartupError as exc:
+        raise nfhub.APIError(422, str(exc), {"lifetime": "seconds or a duration like 30m, 12h, 90d"}) from None
+    if seconds > config.max_token_seconds:
+        raise nfhub.APIError(422, f"lifetime is longer than the allowed {config.max_token_lifetime}",
+                             {"lifetime": f"at most {config.max_token_lifetime}"})
+    return seconds
+
+
+async def tokens_create(request: Request) -> Response:
+    state = request.app.state
+    user = await nfhub.authenticate(request)
+    if user["claims"].get("kind") == "personal":
+        # Otherwise a leaked short-lived token could mint itself a long-lived successor.
+        raise nfhub.APIError(403, "personal API tokens cannot create tokens; log in first")
+    data = await nfhub.read_json(request)
+    unknown = set(data) - {"name", "lifetime"}
+    if unknown:
+        raise nfhub.APIError(422, f"unknown field '{sorted(unknown)[0]}'", {k: "unknown field" for k in unknown})
+    name = nfhub._check_name(data.get("name"))
+    lifetime = _lifetime(data.get("lifetime"), state.config)
+    token, claims = state.tokens.issue(user["id"], lifetime, kind="personal")
+    async with state.store.write() as db:
+        async with db.execute("SELECT count(*) AS n FROM tokens WHERE user_id = ? AND kind = 'personal'"
+                              " AND revoked_at IS NULL AND expires_at > ?", (user["id"], int(time.time()))) as cur:
+            count = (await cur.fetchone())["n"]  # type: ignore[index]
+        if count >= MAX_PERSONAL_TOKENS:
+            raise nfhub.APIError(422, f"you already have {MAX_PERSONAL_TOKENS} active tokens; revoke some first")
+        await _record_token(db, claims, "personal", name)
+    return JSONResponse({"token": token, "id": claims["jti"], "name": name, "expires_at": _iso(claims["exp"])})
+
+
+async def tokens_list(request: Request) -> Response:
+    user = await nfhub.authenticate(request)
+    rows = await request.app.state.store.all(
+        "SELECT jti, name, created_at, expires_at, revoked_at FROM tokens WHERE user_id = ? AND kind = 'personal'"
+        " ORDER BY created_at, jti", (user["id"],))
+    now = time.time()
+    return JSONResponse({"tokens": [
+        {"id": r["jti"], "name": r["name"], "created_at": r["created_at"], "expires_at": _iso(r["expires_at"]),
+         "revoked": r["revoked_at"] is not None, "expired": r["expires_at"] <= now} for r in rows]})
+
+
+async def tokens_revoke(request: Request) -> Response:
+    state = request.app.state
+    user = await nfhub.authenticate(request)
+    row = await state.store.one("SELECT * FROM tokens WHERE jti = ? AND user_id = ? AND kind = 'personal'",
+                                (request.path_params["id"], user["id"]))
+    if row is None:
+        raise nfhub.APIError(404, "token not found")
+    await revoke_token(state, {"jti": row["jti"], "exp": row["expires_at"], "sub": user["id"], "kind": "personal"})
+    return JSONResponse({})
+
+
+# ---- Handlers: sharing -------------------------------------------------------------------------------------------
+
+
+async def _shareable(request: Request) -> tuple[dict[str, Any], dict[str, Any]]:
+    user = await nfhub.authenticate(request)
+    project = await nfhub.get_project(request.app.state.store, user, int(request.path_params["id"]))
+    if project["access"] not in ("owner", "admin"):
+        raise nfhub.APIError(403, "only the owner or an admin can share this project")
+    return user, project
+
+
+async def _find_user(store: nfhub.Store, who: str) -> dict[str, Any]:
+    row = await store.one("SELECT * FROM users WHERE name = ?", (who,))
+    if row is not None:
+        return row
+    rows = await store.all("SELECT * FROM users WHERE lower(email) = lower(?) LIMIT 2", (who,))
+    if len(rows) > 1:
+        raise nfhub.APIError(422, f"several users have the e-mail address {who}; name the user instead",
+                             {"user": "ambiguous e-mail address"})
+    if not rows:
+        raise nfhub.APIError(422, f"no user named {who!r}", {"user": "no such user"})
+    return rows[0]
+
+
+async def project_share(request: Request) -> Response:
+    _, project = await _shareable(request)
+    data = await nfhub.read_json(request)
+    who = _text(data, "user", max_length=320)
+    access = data.get("access")
+    if access not in ("read", "write"):
+        raise nfhub.APIError(422, "access must be 'read' or 'write'", {"access": "read or write"})
+    store = request.app.state.store
+    target = await _find_user(store, who)
+    if target["id"] == project["owner_id"]:
+        raise nfhub.APIError(422, "the owner already has full access", {"user": "is the owner"})
+    async with store.write() as db:
+        await db.execute("INSERT INTO shares (project_id, user_id, access) VALUES (?, ?, ?)"
+                         " ON CONFLICT(project_id, user_id) DO UPDATE SET access = excluded.access",
+                         (project["id"], target["id"], access))
+    return JSONResponse({})
+
+
+async def project_unshare(request: Request) -> Response:
+    _, project = await _shareable(request)
+    data = await nfhub.read_json(request)
+    store = request.app.state.store
+    target = await _find_user(store, _text(data, "user", max_length=320))
+    async with store.write() as db:
+        await db.execute("DELETE FROM shares WHERE project_id = ? AND user_id = ?", (project["id"], target["id"]))
+    return JSONResponse({})
+
+
+async def project_shares(request: Request) -> Response:
+    user = await nfhub.authenticate(request)
+    store = request.app.state.store
+    project = await nfhub.get_project(store, user, int(request.path_params["id"]))
+    rows = await store.all("SELECT u.name, u.email, s.access FROM shares s JOIN users u ON u.id = s.user_id"
+                           " WHERE s.project_id = ? ORDER BY u.name", (project["id"],))
+    return JSONResponse({"shares": [{"user": r["name"], "email": r["email"], "access": r["access"]} for r in rows]})
+
+
+# ---- Assembly ----------------------------------------------------------------------------------------------------
 
 
 def routes() -> list[Route]:
     """The /api/users* and sharing routes."""
-    return []
+    oidc = [Middleware(_OIDCSession)]
+    return [
+        Route("/api/users", users_list, methods=["GET"]),
+        Route("/api/users/login-providers", login_providers, methods=["GET"]),
+        Route("/api/users/openid/{provider}/login", openid_login, methods=["GET"], middleware=oidc),
+        Route("/api/users/openid/{provider}/callback", openid_callback, methods=["GET"], middleware=oidc),
+        Route("/api/users/local/{provider}/login", local_login, methods=["POST"]),
+        Route("/api/users/logout", logout, methods=["GET", "POST"]),
+        Route("/api/users/logout-all", logout_all, methods=["POST"]),
+        Route("/api/users/me", me, methods=["GET"]),
+        Route("/api/users/password", change_password, methods=["POST"]),
+        Route("/api/users/tokens", tokens_list, methods=["GET"]),
+        Route("/api/users/tokens", tokens_create, methods=["POST"]),
+        Route("/api/users/tokens/{id}/revoke", tokens_revoke, methods=["POST"]),
+        Route("/api/projects/{id:int}/share", project_share, methods=["POST"]),
+        Route("/api/projects/{id:int}/unshare", project_unshare, methods=["POST"]),
+        Route("/api/projects/{id:int}/shares", project_shares, methods=["GET"]),
+    ]
+
+
+_PROVIDER = {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}}
+_TOKEN_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_USER = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "name": {"type": "string"}, "display_name": {"type": ["string", "null"]},
+    "email": {"type": ["string", "null"]}, "provider": {"type": "string"}, "is_admin": {"type": "boolean"}}}
+_EMPTY = {"type": "object"}
+_REDIRECT = {"description": "redirect (302)"}
+
+
+def _redirect_op(summary: str, *, auth: bool = False, errors: tuple[int, ...] = ()) -> dict[str, Any]:
+    op = nfhub._op(summary, auth=auth, errors=errors, params=[_PROVIDER] if not auth else None, status="302")
+    op["responses"]["302"] = _REDIRECT
+    return op
 
 
 def openapi_paths() -> dict[str, Any]:
     """OpenAPI path items for the routes above."""
-    return {}
+    op = nfhub._op
+    logout_op = op("Log out: revoke the presented token. 200 with an empty body, or 302 to the frontend when the"
+                   " request accepts text/html")
+    logout_op["responses"]["302"] = _REDIRECT
+    return {
+        "/api/users": {"get": op("List users (admins only)", response={"type": "object", "properties": {
+            "users": {"type": "array", "items": _USER}}}, errors=(403,))},
+        "/api/users/login-providers": {"get": op(
+            "Login methods: {provider_type: {provider_name: description}}", auth=False,
+            response={"type": "object", "additionalProperties": {"type": "object",
+                                                                  "additionalProperties": {"type": "string"}}})},
+        "/api/users/openid/{provider}/login": {"get": _redirect_op(
+            "Start an OpenID Connect login: 302 to the provider (state, nonce, PKCE S256); on failure 302 to the"
+            " frontend with ?error=<reason>", errors=(404,))},
+        "/api/users/openid/{provider}/callback": {"get": _redirect_op(
+            "Where the provider returns: 302 to the frontend with ?token=<JWT>, or ?error=<reason> (invalid_state,"
+            " invalid_id_token, provider_unavailable, access_denied, account_disabled, …)", errors=(404,))},
+        "/api/users/local/{provider}/login": {"post": op(
+            "Log in with a local username and password", auth=False, params=[_PROVIDER],
+            body={"type": "object", "required": ["username", "password"], "properties": {
+                "username": {"type": "string"}, "password": {"type": "string"}}},
+            response={"type": "object", "properties": {"token": {"type": "string"}}},
+            errors=(400, 401, 404, 413, 422, 429))},
+        "/api/users/logout": {"get": logout_op, "post": logout_op},
+        "/api/users/logout-all": {"post": op("Revoke every token of the current user (log out everywhere)",
+                                             response=_EMPTY)},
+        "/api/users/me": {"get": op("The current user", response={"type": "object", "properties": {"user": _USER}})},
+        "/api/users/password": {"post": op(
+            "Change your local password (old_password may be omitted only when the account has none yet)",
+            body={"type": "object", "required": ["new_password"], "properties": {
+                "old_password": {"type": "string"}, "new_password": {"type": "string", "minLength": MIN_PASSWORD}}},
+            response=_EMPTY, errors=(400, 403, 422, 429))},
+        "/api/users/tokens": {
+            "get": op("Your personal API tokens (never the secret)", response={"type": "object", "properties": {
+                "tokens": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "created_at": {"type": "string"},
+                    "expires_at": {"type": "string"}, "revoked": {"type": "boolean"},
+                    "expired": {"type": "boolean"}}}}}}),
+            "post": op("Create a personal API token (shown once); lifetime in seconds or like 90d",
+                       body={"type": "object", "required": ["name"], "properties": {
+                           "name": {"type": "string"}, "lifetime": {"type": ["string", "integer"]}}},
+                       response={"type": "object", "properties": {
+                           "token": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"},
+                           "expires_at": {"type": "string"}}}, errors=(400, 403, 422)),
+        },
+        "/api/users/tokens/{id}/revoke": {"post": op("Revoke one of your personal API tokens", params=[_TOKEN_ID],
+                                                     response=_EMPTY, errors=(404,))},
+        "/api/projects/{id}/share": {"post": op(
+            "Share a project (owner or admin): user is a user name or e-mail address", params=[nfhub._ID],
+            body={"type": "object", "required": ["user", "access"], "properties": {
+                "user": {"type": "string"}, "access": {"type": "string", "enum": ["read", "write"]}}},
+            response=_EMPTY, errors=(400, 403, 404, 422))},
+        "/api/projects/{id}/unshare": {"post": op(
+            "Stop sharing a project with a user (owner or admin)", params=[nfhub._ID],
+            body={"type": "object", "required": ["user"], "properties": {"user": {"type": "string"}}},
+            response=_EMPTY, errors=(400, 403, 404, 422))},
+        "/api/projects/{id}/shares": {"get": op(
+            "Who the project is shared with", params=[nfhub._ID], response={"type": "object", "properties": {
+                "shares": {"type": "array", "items": {"type": "object", "properties": {
+                    "user": {"type": "string"}, "email": {"type": ["string", "null"]},
+                    "access": {"type": "string", "enum": ["read", "write"]}}}}}}, errors=(404,))},
+    }
 
 
 async def startup(app: Any, config: nfhub.Config) -> None:
     """Called from the lifespan after the database is open (e.g. to build the OAuth registry)."""
+    state = app.state
+    state.login_limiter = RateLimiter(LOGIN_ATTEMPTS, LOGIN_WINDOW)
+    state.hash_limiter = anyio.CapacityLimiter(4)
+    # The flow cookie gets its own key, so that a session-cookie signature can never pass as a token signature.
+    state.oidc_session_key = hmac.new(state.tokens.key, b"nfhub oidc session cookie", hashlib.sha256).hexdigest()
+    base = urlsplit(config.base_url)
+    state.oidc_cookie_path = base.path.rstrip("/") + "/api/users/openid/"
+    state.oidc_https = base.scheme == "https"
+    state.oidc_used_states = {}
+    state.oidc_checked = {}
+    oauth = OAuth()
+    for name, spec in (config.login_providers.get("openid") or {}).items():
+        scope = str(spec.get("scope") or OIDC_DEFAULT_SCOPE)
+        if "openid" not in scope.split():  # without it there is no ID token, and no nonce
+            scope = "openid " + scope
+        oauth.register(name, client_id=spec["client_id"], client_secret=spec.get("client_secret"),
+                       server_metadata_url=spec["discovery_url"],
+                       client_kwargs={"scope": scope, "code_challenge_method": "S256", "timeout": 10.0})
+    state.oauth = oauth
+    async with state.store.write() as db:  # expired tokens need no revocation record any more
+        await db.execute("DELETE FROM tokens WHERE expires_at < ?", (int(time.time()) - nfhub.JWT_LEEWAY,))
