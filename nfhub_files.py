@@ -70,8 +70,8 @@ Example with curl (8 MiB slices)::
            -F "file=@$p;filename=big.bam" "$HUB/api/projects/$ID/upload-file"; off=$((off + $(stat -c %s $p)))
     done
 
-Pending uploads that are never finished stay in the staging folder; :func:`sweep_staging` removes old ones (the app
-calls it at startup).
+Pending uploads that are never finished stay in the staging folder; :func:`sweep_staging` removes old ones (call it
+at startup, and now and then).
 
 Downloads
 ---------
@@ -106,7 +106,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 from urllib.parse import quote
 
 import anyio
@@ -135,8 +135,13 @@ _DEVICE_NAMES = frozenset(
 )
 _INVISIBLE = frozenset(["Cc", "Cf", "Cs", "Co", "Zl", "Zp"])
 _DISK_FULL = frozenset([errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
-_COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2", "xz": "application/x-xz",
-                     "br": "application/x-brotli", "compress": "application/x-compress"}
+_COMPRESSED_TYPES = {
+    "gzip": "application/gzip",
+    "bzip2": "application/x-bzip2",
+    "xz": "application/x-xz",
+    "br": "application/x-brotli",
+    "compress": "application/x-compress",
+}
 _SECURITY_HEADERS = {"x-content-type-options": "nosniff", "content-security-policy": "sandbox"}
 
 
@@ -251,9 +256,7 @@ def _display(names: list[str]) -> str:
     return "/".join(names)
 
 
-def _resolve(
-    ctx: ProjectFiles, names: list[str], *, must_exist: bool, allow_root: bool, writable: bool
-) -> str:
+def _resolve(ctx: ProjectFiles, names: list[str], *, must_exist: bool, allow_root: bool, writable: bool) -> str:
     root = os.path.realpath(ctx.root)
     real = os.path.realpath(os.path.join(root, *names)) if names else root
     _contain(ctx, real, writable=writable)
@@ -310,6 +313,8 @@ def _os_error(exc: OSError) -> Exception:
         return FilesError(400, "name too long")
     if code in (errno.EACCES, errno.EPERM):
         return FilesError(403, "permission denied")
+    if code == errno.EXDEV:
+        return FilesError(500, "misconfigured: the staging folder must be on the project folder's file system")
     return exc
 
 
@@ -322,7 +327,7 @@ def _allowed_target(ctx: ProjectFiles, real: str) -> bool:
     return _inside(real, root) or any(_inside(real, link) for link in links)
 
 
-# ---- Listing, folders, delete ------------------------------------------------------------------------------------------
+# ---- Listing, folders, delete ----------------------------------------------------------------------------------------
 
 
 def _scan(ctx: ProjectFiles, folder: str) -> list[dict[str, Any]]:
@@ -438,7 +443,7 @@ async def create_folder(ctx: ProjectFiles, request: Request) -> Response:
     return JSONResponse("")
 
 
-# ---- Uploads -------------------------------------------------------------------------------------------------------
+# ---- Uploads ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -496,10 +501,15 @@ def _commit(ctx: ProjectFiles, fd: int, src: str, target: _Target) -> str | None
         raise FilesError(409, f"a folder with this name exists: {target.rel}")
     old: str | None = None
     with contextlib.suppress(OSError):
-        if os.lstat(dst).st_size >= _LINGER_BYTES and stat.S_ISREG(os.lstat(dst).st_mode):
+        st = os.lstat(dst)
+        if stat.S_ISREG(st.st_mode) and st.st_size >= _LINGER_BYTES:
             old = os.path.join(ctx.staging, f"tmp-replaced-{os.urandom(8).hex()}.part")
             os.link(dst, old)
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        _unlink_quietly(old)
+        raise
     dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -721,8 +731,11 @@ class _Upload:
         assert self.total is not None and self.offset is not None
         prefix = _part_prefix(self.ctx, target.rel)
         if prefix in _BUSY:
-            raise FilesError(409, "another request is uploading this file right now; retry shortly",
-                             {"received": self._received_now(prefix)})
+            raise FilesError(
+                409,
+                "another request is uploading this file right now; retry shortly",
+                {"received": self._received_now(prefix)},
+            )
         path = f"{prefix}{self.total}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         size = os.fstat(fd).st_size
@@ -731,8 +744,9 @@ class _Upload:
             if size == 0:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            raise FilesError(409, f"chunk starts at {self.offset} but only {size} bytes were received",
-                             {"received": size})
+            raise FilesError(
+                409, f"chunk starts at {self.offset} but only {size} bytes were received", {"received": size}
+            )
         _BUSY.add(prefix)
         self.key, self.fd, self.path, self.pos, self.base = prefix, fd, path, size, size
 
@@ -840,8 +854,11 @@ class _Upload:
         assert self.total is not None
         prefix = _part_prefix(self.ctx, target.rel)
         if prefix in _BUSY:
-            raise FilesError(409, "another request is uploading this file right now; retry shortly",
-                             {"received": self._received_now(prefix)})
+            raise FilesError(
+                409,
+                "another request is uploading this file right now; retry shortly",
+                {"received": self._received_now(prefix)},
+            )
         _BUSY.add(prefix)
         self.key = prefix
         for path, _total in _pending_parts(self.ctx, target.rel):
@@ -865,18 +882,19 @@ class _Upload:
 
     async def abort(self, *, keep_progress: bool) -> None:
         """Undo this request's traces; a dropped connection keeps the contiguous bytes of a chunk (resumable)."""
-        with contextlib.suppress(FilesError):
-            await self._wait_write()
-        if self.direct:
-            if self.fd >= 0 and not keep_progress:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self.fd, self.base)  # bad input: the staged upload is as it was before
-            self.path = ""  # the staging part is never removed here
-        self._close()
-        if self.path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            self.path = ""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(FilesError):
+                await self._wait_write()
+            if self.direct:
+                if self.fd >= 0 and not keep_progress:
+                    # bad input: the staged upload is as it was before (freeing blocks can be slow: a thread)
+                    with contextlib.suppress(OSError):
+                        await anyio.to_thread.run_sync(os.ftruncate, self.fd, self.base)
+                self.path = ""  # the staging part is never removed here
+            self._close()
+            if self.path:
+                await anyio.to_thread.run_sync(_unlink_quietly, self.path)
+                self.path = ""
 
 
 def _copy_range(src: int, src_pos: int, count: int, dst: int, dst_pos: int) -> None:
@@ -930,8 +948,7 @@ async def upload_file(ctx: ProjectFiles, request: Request) -> Response:
             outcome = exc
             await upload.abort(keep_progress=isinstance(exc, ClientDisconnect))
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await upload.abort(keep_progress=False)
+            await upload.abort(keep_progress=False)
             raise
     if isinstance(outcome, ClientDisconnect):
         raise FilesError(400, "upload interrupted: the client disconnected") from None
@@ -1007,7 +1024,7 @@ def sweep_staging(staging: Path, *, max_age_seconds: float = 7 * 86400, temp_age
     return removed
 
 
-# ---- Downloads -----------------------------------------------------------------------------------------------------
+# ---- Downloads -------------------------------------------------------------------------------------------------------
 
 
 def _disposition(name: str) -> str:
@@ -1083,18 +1100,26 @@ class _ZipSink:
 
 def _walk(ctx: ProjectFiles, top: str, arc_top: str) -> Iterator[tuple[str, str, os.stat_result]]:
     """Yield (real path, archive name, stat) for folders and regular files below ``top``, depth first, sorted.
-    Symlinks are followed only into allowed places, and each real folder is visited once (no loops)."""
-    seen: set[tuple[int, int]] = set()
-    stack = [(top, arc_top)]
+    Symlinks are followed only into allowed places, and never into a folder that contains them (no loops)."""
+    above: set[tuple[int, int]] = set()
+    parent = os.path.dirname(top)
+    while True:
+        with contextlib.suppress(OSError):
+            st = os.stat(parent)
+            above.add((st.st_dev, st.st_ino))
+        if parent == os.path.dirname(parent):
+            break
+        parent = os.path.dirname(parent)
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [(top, arc_top, frozenset(above))]
     while stack:
-        folder, arc = stack.pop()
+        folder, arc, ancestors = stack.pop()
         try:
             st = os.stat(folder)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) in seen:
+        if (st.st_dev, st.st_ino) in ancestors:
             continue
-        seen.add((st.st_dev, st.st_ino))
+        ancestors = ancestors | {(st.st_dev, st.st_ino)}
         yield folder, arc + "/", st
         try:
             with os.scandir(folder) as it:
@@ -1112,7 +1137,7 @@ def _walk(ctx: ProjectFiles, top: str, arc_top: str) -> Iterator[tuple[str, str,
                 continue
             name = f"{arc}/{entry.name}"
             if stat.S_ISDIR(est.st_mode):
-                subfolders.append((real, name))
+                subfolders.append((real, name, ancestors))
             elif stat.S_ISREG(est.st_mode):
                 yield real, name, est
         stack.extend(reversed(subfolders))
@@ -1120,10 +1145,10 @@ def _walk(ctx: ProjectFiles, top: str, arc_top: str) -> Iterator[tuple[str, str,
 
 def _zip_chunks(ctx: ProjectFiles, top: str, arc_top: str) -> Iterator[bytes]:
     sink = _ZipSink()
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[arg-type]
+    with zipfile.ZipFile(cast("IO[bytes]", sink), "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for real, name, st in _walk(ctx, top, arc_top):
-            date = time.gmtime(max(st.st_mtime, 315532800))[:6]  # zip dates start in 1980
-            info = zipfile.ZipInfo(name, date_time=date)  # type: ignore[arg-type]
+            t = time.localtime(max(st.st_mtime, 315576000))  # zip dates start in 1980
+            info = zipfile.ZipInfo(name, date_time=(t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
             if name.endswith("/"):
                 info.external_attr = (stat.S_IFDIR | 0o755) << 16 | 0x10
                 archive.writestr(info, b"")

@@ -1,0 +1,788 @@
+"""nfhub runs: scheduling, the run manager (dispatch, launch, supervision, recovery, cancel), weblog ingestion and
+its application to the runs/tasks tables, run history endpoints and the live event stream.
+
+Imported by nfhub.create_app (never at nfhub's import time); Nextflow itself is nfhub_worker's business."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+import anyio.abc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+import nfhub_catalog
+import nfhub_worker
+from nfhub import (
+    ACTIVE_STATES,
+    MAX_SQLITE_INT,
+    MAX_WEBLOG_BYTES,
+    PROJECT_SELECT,
+    APIError,
+    Config,
+    Store,
+    _active_run,
+    _project_id,
+    _stream_token,
+    authenticate,
+    check_values,
+    get_project,
+    log,
+    now_iso,
+    project_dir,
+    read_json,
+    runs_dir,
+)
+
+# ---- Runs: storage and weblog event application ------------------------------------------------------------------
+
+TASK_COLUMNS = ("hash", "name", "process", "tag", "status", "exit", "submit", "start", "complete", "duration",
+                "realtime", "cpu_percent", "peak_rss", "workdir", "native_id", "attempt", "error_action")
+TERMINAL_TASK_STATES = ("COMPLETED", "FAILED", "ABORTED", "CACHED")
+# What a later event may not undo: a RUNNING event arriving after COMPLETED keeps COMPLETED.
+_TASK_RANK = {"NEW": 0, "SUBMITTED": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 3, "ABORTED": 3, "CACHED": 3}
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def run_json(row: dict[str, Any], brief: bool = False) -> dict[str, Any]:
+    run = {
+        "id": row["id"], "project_id": row["project_id"], "status": row["status"],
+        "nextflow_project": row["nextflow_project"], "run_name": row["run_name"], "session_id": row["session_id"],
+        "resume_of": row["resume_of"], "submitted_processes": row["submitted_processes"],
+        "completed_processes": row["completed_processes"], "failed_processes": row["failed_processes"],
+        "cached_processes": row["cached_processes"], "exit_code": row["exit_code"],
+        "error_message": row["error_message"], "failed_task": row["failed_task"],
+        "created_at": row["created_at"], "started_at": row["started_at"], "finished_at": row["finished_at"],
+        "duration": _duration_ms(row["started_at"] or row["created_at"], row["finished_at"]),
+        "user": row.get("user_name"),
+    }
+    if not brief:
+        run["arguments"] = json.loads(row["arguments"])
+        run["params"] = json.loads(row["params"])
+        run["command"] = json.loads(row["command"])
+        run["stats"] = json.loads(row["stats"]) if row["stats"] else None
+    return run
+
+
+def _duration_ms(start: str | None, end: str | None) -> int | None:
+    if not start:
+        return None
+    begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    finish = datetime.fromisoformat(end.replace("Z", "+00:00")) if end else datetime.now(UTC)
+    return int((finish - begin).total_seconds() * 1000)
+
+
+def task_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("task_id", *TASK_COLUMNS)}
+
+
+async def _upsert_task(db: aiosqlite.Connection, run_id: int, task: dict[str, Any]) -> tuple[str | None, bool]:
+    """Insert or advance one task row; returns (previous status, whether anything changed)."""
+    async with db.execute("SELECT status FROM tasks WHERE run_id = ? AND task_id = ?",
+                          (run_id, task["task_id"])) as cur:
+        found = await cur.fetchone()
+    previous = found["status"] if found else None
+    status = task.get("status") or "NEW"
+    if previous is not None and _TASK_RANK.get(status, 0) < _TASK_RANK.get(previous, 0):
+        return previous, False
+    values = {k: task.get(k) for k in TASK_COLUMNS}
+    values["status"] = status
+    if values["native_id"] is not None:
+        values["native_id"] = str(values["native_id"])
+    cols = ", ".join(TASK_COLUMNS)
+    marks = ", ".join("?" for _ in TASK_COLUMNS)
+    updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in TASK_COLUMNS)
+    await db.execute(f"INSERT INTO tasks (run_id, task_id, {cols}) VALUES (?, ?, {marks})"
+                     f" ON CONFLICT (run_id, task_id) DO UPDATE SET {updates}",
+                     (run_id, task["task_id"], *(values[c] for c in TASK_COLUMNS)))
+    return previous, True
+
+
+async def apply_event(db: aiosqlite.Connection, run: dict[str, Any], kind: str, body: dict[str, Any],
+                      changed: dict[str, Any]) -> None:
+    """Apply one weblog event to the runs/tasks tables, idempotently. `changed` collects what to publish."""
+    run_id = run["id"]
+    if kind in ("process_submitted", "process_started", "process_completed") or (kind == "error" and body.get("trace")):
+        try:
+            task = nfhub_worker.task_from_weblog(body.get("trace"))  # type: ignore[arg-type]
+        except ValueError:
+            return
+        if kind == "error":
+            # errorStrategy 'finish': the failing task's trace rides on the error event.
+            await db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?",
+                             (task["name"], run_id))
+            changed["runs"].add(run_id)
+            return
+        previous, did = await _upsert_task(db, run_id, task)
+        if not did:
+            return
+        counters = []
+        if previous is None:
+            counters.append("submitted_processes = submitted_processes + 1")
+        if kind == "process_completed" and previous not in TERMINAL_TASK_STATES:
+            counters.append("completed_processes = completed_processes + 1")
+            if task["status"] == "FAILED":
+                counters.append("failed_processes = failed_processes + 1")
+        if task["status"] == "FAILED" and task.get("error_action") in (None, "TERMINATE", "FINISH"):
+            counters.append(f"failed_task = COALESCE(failed_task, {_sql_quote(task['name'] or '')})")
+        if counters:
+            await db.execute(f"UPDATE runs SET {', '.join(counters)} WHERE id = ?", (run_id,))
+            changed["runs"].add(run_id)
+        changed["tasks"].setdefault(run_id, set()).add(task["task_id"])
+    elif kind == "started":
+        summary = nfhub_worker.workflow_summary(body.get("metadata") or {})
+        await db.execute("UPDATE runs SET status = CASE WHEN status IN ('queued', 'starting') THEN 'running'"
+                         " ELSE status END, started_at = COALESCE(started_at, ?),"
+                         " session_id = COALESCE(session_id, ?) WHERE id = ?",
+                         (now_iso(), summary["session_id"] or body.get("runId"), run_id))
+        changed["runs"].add(run_id)
+    elif kind == "completed":
+        summary = nfhub_worker.workflow_summary(body.get("metadata") or {})
+        stats = {**summary["stats"], "success": summary["success"], "exit_status": summary["exit_status"],
+                 "error_message": summary["error_message"], "error_report": summary["error_report"],
+                 "duration": summary["duration"], "nextflow_version": summary["nextflow_version"]}
+        error = None if summary["success"] else summary["error_message"]
+        await db.execute("UPDATE runs SET stats = ?, session_id = COALESCE(session_id, ?),"
+                         " error_message = COALESCE(?, error_message), cached_processes = ? WHERE id = ?",
+                         (json.dumps(stats), summary["session_id"] or body.get("runId"), error,
+                          summary["stats"]["cached"], run_id))
+        changed["runs"].add(run_id)
+
+
+def _sql_quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# ---- Handlers: runs ----------------------------------------------------------------------------------------------
+
+
+async def schedule(request: Request) -> Response:
+    user = await authenticate(request)
+    state = request.app.state
+    project_id = _project_id(request)
+    project = await get_project(state.store, user, project_id, "write")
+    data = await read_json(request)
+    resume = data.get("resume", False)
+    if set(data) - {"resume"}:
+        raise APIError(422, f"unknown field '{sorted(set(data) - {'resume'})[0]}'")
+    if not isinstance(resume, (bool, int)) or (not isinstance(resume, bool) and resume < 1):
+        raise APIError(422, "resume must be true, false or a run id", {"resume": "true, false or a run id"})
+    name = project["nextflow_project"]
+    if not name:
+        raise APIError(422, "choose a nextflow project first", {"nextflow_project": "required"})
+    if name not in state.catalog:
+        raise APIError(422, f"nextflow project {name!r} is no longer in the catalog",
+                       {"nextflow_project": "not in the catalog"})
+    pipeline = state.catalog[name]
+    values = json.loads(project["workflow_arguments"] or "{}")
+    check_values(state, project_id, name, values, complete=True)
+    params = nfhub_catalog.build_params(pipeline, values, project_dir(state.config, project_id))
+    session = None
+    resume_of = None
+    if resume is not False:
+        sql = "SELECT id, session_id FROM runs WHERE project_id = ? AND session_id IS NOT NULL"
+        args: tuple = (project_id,)
+        if resume is not True:
+            sql += " AND id = ?"
+            args = (project_id, resume)
+        prior = await state.store.one(sql + " ORDER BY id DESC LIMIT 1", args)
+        if prior is None:
+            raise APIError(422, "there is no earlier run with a Nextflow session to resume",
+                           {"resume": "no run to resume"})
+        session, resume_of = prior["session_id"], prior["id"]
+    run_id = await state.runs.create(project_id, user["id"], name, values, params, session, resume_of)
+    return JSONResponse({"is_scheduled": True, "run_id": run_id})
+
+
+async def cancel(request: Request) -> Response:
+    user = await authenticate(request)
+    state = request.app.state
+    project_id = _project_id(request)
+    await get_project(state.store, user, project_id, "write")
+    await state.runs.cancel_project(project_id)
+    project = await get_project(state.store, user, project_id)
+    return JSONResponse({"is_scheduled": project["run_status"] in ACTIVE_STATES})
+
+
+async def _get_run(request: Request, need: str = "read") -> tuple[dict[str, Any], dict[str, Any]]:
+    user = await authenticate(request, _stream_token(request))
+    state = request.app.state
+    project_id = _project_id(request)
+    await get_project(state.store, user, project_id, need)
+    run_id = int(request.path_params["run_id"])
+    row = await state.store.one("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
+                                " WHERE r.id = ? AND r.project_id = ?", (min(run_id, MAX_SQLITE_INT), project_id))
+    if row is None:
+        raise APIError(404, "run not found")
+    return user, row
+
+
+async def runs_list(request: Request) -> Response:
+    user = await authenticate(request)
+    state = request.app.state
+    project_id = _project_id(request)
+    await get_project(state.store, user, project_id)
+    rows = await state.store.all("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
+                                 " WHERE r.project_id = ? ORDER BY r.id DESC", (project_id,))
+    return JSONResponse({"runs": [run_json(r) for r in rows]})
+
+
+async def runs_get(request: Request) -> Response:
+    _, row = await _get_run(request)
+    run = run_json(row)
+    run["work_dir_size"] = await request.app.state.runs.work_size(row)
+    return JSONResponse({"run": run})
+
+
+def _int_param(request: Request, name: str, default: int, lo: int = 0, hi: int = MAX_SQLITE_INT) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"\d{1,18}", raw) or not lo <= int(raw) <= hi:
+        raise APIError(400, f"{name} must be an integer from {lo} to {hi}")
+    return int(raw)
+
+
+async def runs_tasks(request: Request) -> Response:
+    _, run = await _get_run(request)
+    state = request.app.state
+    status = request.query_params.get("status")
+    offset = _int_param(request, "offset", 0)
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    where, args = "run_id = ?", [run["id"]]
+    if status:
+        wanted = [s.strip().upper() for s in status.split(",") if s.strip()]
+        where += f" AND status IN ({', '.join('?' for _ in wanted)})"
+        args += wanted
+    total = (await state.store.one(f"SELECT count(*) AS n FROM tasks WHERE {where}", tuple(args)))["n"]
+    # Failed tasks first, then in task order: what a user looks for in a failed run.
+    rows = await state.store.all(f"SELECT * FROM tasks WHERE {where} ORDER BY status != 'FAILED', task_id"
+                                 " LIMIT ? OFFSET ?", (*args, limit, offset))
+    return JSONResponse({"tasks": [task_json(r) for r in rows], "total": total})
+
+
+async def runs_log(request: Request) -> Response:
+    _, run = await _get_run(request)
+    offset = _int_param(request, "offset", 0)
+    path = request.app.state.runs.run_dir(run) / "console.log"
+    max_bytes = 1 << 20
+
+    def read() -> tuple[bytes, int]:
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(min(offset, size))
+                return fh.read(max_bytes), size
+        except FileNotFoundError:
+            return b"", 0
+
+    data, size = await anyio.to_thread.run_sync(read)
+    # Nextflow's weblog warnings quote the URL, run secret included; same length keeps offsets true.
+    data = _SECRET_IN_URL.sub(lambda m: m.group(1) + b"*" * len(m.group(2)), data)
+    return Response(data, media_type="text/plain; charset=utf-8",
+                    headers={"X-Log-Size": str(size), "X-Log-Offset": str(min(offset, size) + len(data)),
+                             "Cache-Control": "no-store"})
+
+
+_SECRET_IN_URL = re.compile(rb"([?&]token=)([A-Za-z0-9_-]+)")
+
+
+async def runs_clean(request: Request) -> Response:
+    _, run = await _get_run(request, "write")
+    if run["status"] in ACTIVE_STATES:
+        raise APIError(409, "the run is still active")
+    freed = await request.app.state.runs.clean(run)
+    return JSONResponse({"freed_bytes": freed, "work_dir_size": await request.app.state.runs.work_size(run)})
+
+
+async def nextflow_log(request: Request) -> Response:
+    """Nextflow's weblog endpoint: authenticated by the run's own secret, durable before it answers."""
+    return await request.app.state.runs.ingest(request, _project_id(request))
+
+
+async def finished(request: Request) -> Response:
+    """For an external worker: the run ended (its secret authenticates; user tokens are refused with 403)."""
+    runs = request.app.state.runs
+    ref = runs.run_for_secret(request, _project_id(request))
+    if ref is None:
+        if request.headers.get("x-access-token"):
+            raise APIError(403, "this endpoint is for the worker; it needs the run's secret, not a user token")
+        raise APIError(401, "missing or wrong run secret")
+    data = await read_json(request)
+    exit_code = data.get("exit_code", data.get("exitStatus"))
+    if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
+        raise APIError(422, "exit_code must be an integer", {"exit_code": "must be an integer"})
+    await runs.finish(ref.run_id, exit_code, external=True)
+    return JSONResponse("")
+
+
+async def project_events(request: Request) -> Response:
+    user = await authenticate(request, _stream_token(request))
+    state = request.app.state
+    project_id = _project_id(request)
+    await get_project(state.store, user, project_id)
+    last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+    return StreamingResponse(state.runs.broker.stream(project_id, last, state.runs.snapshot),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+# ---- Background: the run manager ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRef:
+    run_id: int
+    project_id: int
+    run_name: str
+
+
+class Broker:
+    """Server-sent events per project: numbered messages, a replay buffer for Last-Event-ID, heartbeats."""
+
+    def __init__(self, heartbeat: float = 15.0, keep: int = 2000):
+        self.boot = uuid.uuid4().hex[:8]
+        self.seq = 0
+        self.heartbeat = heartbeat
+        self.keep = keep
+        self.buffers: dict[int, list[tuple[int, str, str]]] = {}
+        self.waiters: dict[int, set[anyio.Event]] = {}
+
+    def publish(self, project_id: int, kind: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        buf = self.buffers.setdefault(project_id, [])
+        buf.append((self.seq, kind, json.dumps(data)))
+        if len(buf) > self.keep:
+            del buf[: len(buf) - self.keep]
+        for event in self.waiters.pop(project_id, set()):
+            event.set()
+
+    def _frame(self, seq: int, kind: str, data: str) -> bytes:
+        return f"id: {self.boot}-{seq}\nevent: {kind}\ndata: {data}\n\n".encode()
+
+    async def stream(self, project_id: int, last: str | None,
+                     snapshot: Callable[[int], Any]) -> AsyncIterator[bytes]:
+        after = None
+        if last and last.startswith(self.boot + "-") and last[len(self.boot) + 1:].isdigit():
+            after = int(last[len(self.boot) + 1:])
+        buf = self.buffers.get(project_id, [])
+        if after is None or (buf and buf[0][0] > after + 1 and after < self.seq):
+            # New client, or too far behind for the buffer: start from a full picture.
+            yield b"retry: 2000\n\n"
+            yield self._frame(self.seq, "snapshot", json.dumps(await snapshot(project_id)))
+            after = self.seq
+        while True:
+            for seq, kind, data in list(self.buffers.get(project_id, [])):
+                if seq > after:
+                    yield self._frame(seq, kind, data)
+                    after = seq
+            event = anyio.Event()
+            self.waiters.setdefault(project_id, set()).add(event)
+            with anyio.move_on_after(self.heartbeat) as scope:
+                await event.wait()
+            if scope.cancelled_caught:
+                self.waiters.get(project_id, set()).discard(event)
+                yield b": heartbeat\n\n"
+
+
+class RunManager:
+    """Owns runs from scheduling to their end: the dispatcher, launching, weblog ingestion, recovery, cancel."""
+
+    def __init__(self, config: Config, store: Store, catalog: dict[str, Any]):
+        self.config = config
+        self.store = store
+        self.catalog = catalog
+        self.dispatcher = nfhub_worker.Dispatcher(config.max_concurrent_runs, self._run)
+        self.broker = Broker()
+        self.procs: dict[int, nfhub_worker.RunProcess] = {}
+        self.secrets: dict[str, RunRef] = {}  # sha256(secret) -> run, for weblog and finished
+        self.ended: dict[int, anyio.Event] = {}
+        self.boot = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.queue: list[tuple[str, int, str, dict[str, Any], bytes, float]] = []
+        self.wake = anyio.Event()
+        self.applied = 0  # journal sequence numbers applied so far (this boot)
+        self.applied_event = anyio.Event()
+        self.journal_path = config.data_path / "weblog.journal"
+        self.journal_fd = -1
+        self.task_group: anyio.abc.TaskGroup | None = None
+
+    # -- paths
+    def run_dir(self, run: dict[str, Any]) -> Path:
+        return runs_dir(self.config, run["project_id"]) / str(run["id"])
+
+    def weblog_base(self) -> str:
+        return (self.config.weblog_url or f"http://127.0.0.1:{self.config.port}").rstrip("/")
+
+    # -- lifecycle
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self.task_group = tg
+        await self._replay_journal()
+        self.journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        await tg.start(self.dispatcher.serve)
+        tg.start_soon(self._applier)
+        await self._recover()
+
+    def close(self) -> None:
+        if self.journal_fd >= 0:
+            os.close(self.journal_fd)
+            self.journal_fd = -1
+
+    # -- scheduling
+    async def create(self, project_id: int, user_id: int, pipeline_name: str, values: dict, params: dict,
+                     session: str | None, resume_of: int | None) -> int:
+        secret = secrets.token_urlsafe(24)
+        async with self.store.write() as db:
+            if await _active_run(db, project_id):
+                raise APIError(409, "the project already has a queued or running run")
+            cur = await db.execute(
+                "INSERT INTO runs (project_id, user_id, status, nextflow_project, arguments, params, run_name,"
+                " secret_hash, session_id, resume_of, created_at) VALUES (?, ?, 'queued', ?, ?, ?, '', ?, ?, ?, ?)",
+                (project_id, user_id, pipeline_name, json.dumps(values), json.dumps(params), secret_hash(secret),
+                 None, resume_of, now_iso()))
+            run_id = int(cur.lastrowid or 0)
+            run_name = nfhub_worker.new_run_name(run_id)
+            spec = self._spec(project_id, run_id, run_name, pipeline_name, params, secret, session)
+            try:
+                argv = await anyio.to_thread.run_sync(nfhub_worker.prepare_run, spec)
+            except ValueError as exc:
+                raise APIError(422, f"cannot prepare the run: {exc}") from None
+            await db.execute("UPDATE runs SET run_name = ?, command = ?, session_id = ? WHERE id = ?",
+                             (run_name, json.dumps(argv), session, run_id))
+        self.secrets[secret_hash(secret)] = RunRef(run_id, project_id, run_name)
+        self.ended[run_id] = anyio.Event()
+        self.dispatcher.submit(run_id)
+        await self._publish_run(run_id)
+        return run_id
+
+    def _spec(self, project_id: int, run_id: int, run_name: str, pipeline_name: str, params: dict, secret: str,
+              session: str | None) -> nfhub_worker.LaunchSpec:
+        pipeline = self.catalog[pipeline_name]
+        launch = runs_dir(self.config, project_id)
+        return nfhub_worker.LaunchSpec(
+            run_id=run_id, nextflow=self.config.nextflow, source=pipeline.source, local=pipeline.local,
+            revision=pipeline.revision, profiles=tuple(pipeline.profiles), config_files=tuple(pipeline.config),
+            params=params, run_dir=launch / str(run_id), launch_dir=launch, work_dir=launch / "work",
+            run_name=run_name,
+            weblog_url=f"{self.weblog_base()}/api/projects/{project_id}/nextflow-log?token={secret}",
+            resume_session=session, env={"NXF_ANSI_LOG": "false"})
+
+    async def _run(self, run_id: int) -> None:
+        """Dispatcher callback: launch a queued run and supervise it to its end."""
+        run = await self.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if run is None or run["status"] != "queued":
+            return
+        async with self.store.write() as db:
+            await db.execute("UPDATE runs SET status = 'starting', started_at = ? WHERE id = ? AND status = 'queued'",
+                             (now_iso(), run_id))
+        await self._publish_run(run_id)
+        # The run's files and argv were written when it was scheduled; launching needs only its folders.
+        argv = json.loads(run["command"])
+        launch = runs_dir(self.config, run["project_id"])
+        spec = nfhub_worker.LaunchSpec(
+            run_id=run_id, nextflow=argv[0], source="", local=True, revision=None, profiles=(), config_files=(),
+            params={}, run_dir=self.run_dir(run), launch_dir=launch, work_dir=launch / "work",
+            run_name=run["run_name"], weblog_url="", env={"NXF_ANSI_LOG": "false"})
+        try:
+            proc = await nfhub_worker.launch(spec, argv)
+        except nfhub_worker.LaunchError as exc:
+            await self.finish(run_id, None, error=str(exc))
+            return
+        self.procs[run_id] = proc
+        async with self.store.write() as db:
+            await db.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE id = ?", (proc.pid, proc.start_time, run_id))
+        await self._supervise(run_id, proc)
+
+    async def _supervise(self, run_id: int, proc: nfhub_worker.RunProcess) -> None:
+        code = await proc.wait()
+        await self.finish(run_id, code)
+
+    # -- the end of a run
+    async def finish(self, run_id: int, exit_code: int | None, *, error: str | None = None,
+                     external: bool = False) -> None:
+        """Set the final state from the exit code, the events and the files Nextflow left."""
+        run = await self.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if run is None or run["status"] not in ACTIVE_STATES:
+            return
+        self.procs.pop(run_id, None)
+        await self.flush()  # every event acknowledged so far is applied before the verdict
+        run = await self.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if run is None:
+            return
+        run_dir = self.run_dir(run)
+        launch = runs_dir(self.config, run["project_id"])
+        trace = await anyio.to_thread.run_sync(nfhub_worker.parse_trace, run_dir / "trace.txt")
+        history = await anyio.to_thread.run_sync(nfhub_worker.find_history, launch, run["run_name"])
+        stats = json.loads(run["stats"]) if run["stats"] else {}
+        if run["cancel_requested"]:
+            status = "cancelled"
+        elif exit_code is None and not external:
+            # Not our child (adopted after a restart): judge from Nextflow's own records.
+            if history and history["status"] in ("OK", "ERR"):
+                status = "succeeded" if history["status"] == "OK" else "failed"
+            elif stats.get("success") is not None:
+                status = "succeeded" if stats["success"] else "failed"
+            else:
+                status = "lost" if error is None else "failed"
+        elif exit_code == 0 or (external and exit_code is None and stats.get("success")):
+            status = "succeeded"
+        else:
+            status = "failed"
+        message = run["error_message"]
+        if status == "failed" and not message:
+            message = error or await anyio.to_thread.run_sync(nfhub_worker.console_tail, run_dir / "console.log")
+            message = message or f"Nextflow exited with code {exit_code}"
+        elif status == "lost":
+            message = message or "nfhub lost track of this run (its process ended while nfhub was down)"
+        session = run["session_id"] or (history or {}).get("session_id")
+        async with self.store.write() as db:
+            for task in trace:  # cached tasks send no events, and events sent while nfhub was down are lost
+                await _upsert_task(db, run_id, task)
+            cached = sum(1 for t in trace if t["status"] == "CACHED")
+            await db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, error_message = ?, finished_at = ?, session_id = ?,"
+                " cached_processes = max(cached_processes, ?) WHERE id = ? AND status IN ('queued', 'starting',"
+                " 'running')", (status, exit_code, message, now_iso(), session, cached, run_id))
+        for key, ref in list(self.secrets.items()):
+            if ref.run_id == run_id:
+                del self.secrets[key]  # the secret dies with the run
+        log.info("run %d ended %s (exit code %s)", run_id, status, exit_code)
+        self.ended.setdefault(run_id, anyio.Event()).set()
+        await self._publish_run(run_id)
+
+    # -- cancel
+    async def cancel_project(self, project_id: int) -> None:
+        run = await self.store.one("SELECT * FROM runs WHERE project_id = ? AND status IN ('queued', 'starting',"
+                                   " 'running') ORDER BY id DESC LIMIT 1", (project_id,))
+        if run is None:
+            return
+        run_id = run["id"]
+        async with self.store.write() as db:
+            await db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+        if self.dispatcher.drop(run_id) or run["status"] == "queued":
+            await self.finish(run_id, None, external=True)
+            return
+        proc = self.procs.get(run_id)
+        ended = self.ended.setdefault(run_id, anyio.Event())
+        if proc is None:
+            # Starting: launch is a moment away; the supervisor will see cancel_requested. Or nothing is left.
+            with anyio.move_on_after(5):
+                while run_id not in self.procs and not ended.is_set():
+                    await anyio.sleep(0.02)
+            proc = self.procs.get(run_id)
+            if proc is None:
+                if not ended.is_set():
+                    await self.finish(run_id, None, external=True)
+                return
+        assert self.task_group is not None
+        self.task_group.start_soon(nfhub_worker.terminate, proc, float(self.config.cancel_grace))
+        with anyio.move_on_after(float(self.config.cancel_grace) + 15):
+            await ended.wait()
+
+    # -- weblog ingestion
+    def run_for_secret(self, request: Request, project_id: int) -> RunRef | None:
+        token = request.query_params.get("token")
+        auth = request.headers.get("authorization", "")
+        if not token and auth[:6].lower() == "basic ":
+            try:
+                token = base64.b64decode(auth[6:], validate=True).decode().partition(":")[2]
+            except ValueError:
+                token = None
+        if not token or len(token) > 256:
+            return None
+        ref = self.secrets.get(secret_hash(token))  # a hash lookup: no timing leak on the secret itself
+        if ref is None or ref.project_id != project_id:
+            return None
+        return ref
+
+    async def ingest(self, request: Request, project_id: int) -> Response:
+        ref = self.run_for_secret(request, project_id)
+        if ref is None:
+            raise APIError(401, "missing or wrong run secret")
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_WEBLOG_BYTES:
+            raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_WEBLOG_BYTES:
+                raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
+        try:
+            event = json.loads(body)
+        except (ValueError, RecursionError):
+            raise APIError(400, "event is not valid JSON") from None
+        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+            raise APIError(400, "event must be a JSON object with an 'event' name")
+        if event.get("runName") not in (None, ref.run_name):
+            raise APIError(401, "event belongs to another run")
+        self.seq += 1
+        jid = f"{self.boot}-{self.seq}"
+        now = time.time()
+        header = f"{jid}\t{ref.run_id}\t{now}\t{len(body)}\n".encode()
+        os.write(self.journal_fd, header + body + b"\n")  # durable against kill -9 once write(2) returns
+        self.queue.append((jid, ref.run_id, event["event"][:64], event, body, now))
+        self.wake.set()
+        return Response(status_code=200)
+
+    async def flush(self) -> None:
+        target = self.seq
+        while self.applied < target:
+            await self.applied_event.wait()
+
+    async def _applier(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+            while self.queue:
+                batch, self.queue = self.queue[:1000], self.queue[1000:]
+                await self._apply_batch(batch)
+                self.applied = max(self.applied, int(batch[-1][0].rsplit("-", 1)[1]))
+                event, self.applied_event = self.applied_event, anyio.Event()
+                event.set()
+            if not self.queue and self.journal_fd >= 0:
+                os.ftruncate(self.journal_fd, 0)  # everything in it is committed; no await since the check
+
+    async def _apply_batch(self, batch: list[tuple[str, int, str, dict[str, Any], bytes, float]]) -> None:
+        changed: dict[str, Any] = {"runs": set(), "tasks": {}}
+        async with self.store.write() as db:
+            run_ids = {item[1] for item in batch}
+            marks = ", ".join("?" for _ in run_ids)
+            async with db.execute(f"SELECT * FROM runs WHERE id IN ({marks})", tuple(run_ids)) as cur:
+                runs = {r["id"]: r for r in await cur.fetchall()}
+            for jid, run_id, kind, event, body, received in batch:
+                if run_id not in runs:
+                    continue
+                cur = await db.execute("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at)"
+                                       " VALUES (?, ?, ?, ?, ?)", (jid, run_id, kind, body.decode("utf-8", "replace"),
+                                                                   received))
+                if cur.rowcount:
+                    await apply_event(db, runs[run_id], kind, event, changed)
+        for run_id in changed["runs"] | set(changed["tasks"]):
+            await self._publish_run(run_id, changed["tasks"].get(run_id))
+
+    async def _replay_journal(self) -> None:
+        """Events acknowledged before a crash but not yet applied are applied now (idempotent by jid)."""
+        try:
+            data = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return
+        batch = []
+        pos = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            if end < 0:
+                break
+            try:
+                jid, run_id, received, length = data[pos:end].decode().split("\t")
+                body = data[end + 1:end + 1 + int(length)]
+                if len(body) < int(length):
+                    break  # torn write at the very end: never acknowledged
+                event = json.loads(body)
+                batch.append((jid, int(run_id), str(event.get("event"))[:64], event, body, float(received)))
+            except (ValueError, AttributeError):
+                log.warning("weblog journal: skipping a damaged entry at byte %d", pos)
+                break
+            pos = end + 1 + int(length) + 1
+        if batch:
+            log.info("replaying %d weblog event(s) from the journal", len(batch))
+            for i in range(0, len(batch), 1000):
+                await self._apply_batch(batch[i:i + 1000])
+        self.journal_path.unlink()
+
+    # -- recovery after a restart
+    async def _recover(self) -> None:
+        rows = await self.store.all("SELECT * FROM runs WHERE status IN ('queued', 'starting', 'running')"
+                                    " ORDER BY id")
+        for run in rows:
+            self.secrets[run["secret_hash"]] = RunRef(run["id"], run["project_id"], run["run_name"])
+            self.ended[run["id"]] = anyio.Event()
+            if run["status"] == "queued" or (run["status"] == "starting" and not run["pid"]):
+                async with self.store.write() as db:
+                    await db.execute("UPDATE runs SET status = 'queued' WHERE id = ?", (run["id"],))
+                self.dispatcher.submit(run["id"])
+                continue
+            proc = nfhub_worker.adopt(run["pid"], run["pid_start"], run["run_name"]) if run["pid"] else None
+            if proc is not None:
+                log.info("run %d: adopted its running Nextflow (pid %d)", run["id"], proc.pid)
+                self.procs[run["id"]] = proc
+                assert self.task_group is not None
+                self.task_group.start_soon(self._supervise, run["id"], proc)
+            else:
+                log.info("run %d: its Nextflow ended while nfhub was down; judging from its files", run["id"])
+                await self.finish(run["id"], None)
+
+    # -- publishing to event streams
+    async def snapshot(self, project_id: int) -> dict[str, Any]:
+        project = await self.store.one(PROJECT_SELECT.format(access="NULL") + " WHERE p.id = ?", (project_id,))
+        run = None
+        if project and project["run_id"]:
+            row = await self.store.one("SELECT * FROM runs WHERE id = ?", (project["run_id"],))
+            run = run_json(row, brief=True) if row else None
+        return {"project": _progress(project) if project else None, "run": run}
+
+    async def _publish_run(self, run_id: int, task_ids: set[int] | None = None) -> None:
+        row = await self.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            return
+        project_id = row["project_id"]
+        if not self.broker.waiters.get(project_id) and project_id not in self.broker.buffers:
+            return  # nobody has ever listened to this project: skip the work
+        self.broker.publish(project_id, "run", run_json(row, brief=True))
+        if task_ids:
+            marks = ", ".join("?" for _ in task_ids)
+            tasks = await self.store.all(f"SELECT * FROM tasks WHERE run_id = ? AND task_id IN ({marks})",
+                                         (run_id, *task_ids))
+            for task in tasks:
+                self.broker.publish(project_id, "task", {"run_id": run_id, **task_json(task)})
+
+    # -- hygiene
+    async def work_size(self, run: dict[str, Any]) -> int:
+        rows = await self.store.all("SELECT workdir FROM tasks WHERE run_id = ? AND workdir IS NOT NULL", (run["id"],))
+        work = runs_dir(self.config, run["project_id"]) / "work"
+
+        def size() -> int:
+            total = 0
+            for r in rows:
+                path = Path(r["workdir"])
+                if path.is_dir() and _inside(path, work):
+                    total += nfhub_worker.work_dir_size(path)
+            return total
+
+        return await anyio.to_thread.run_sync(size)
+
+    async def clean(self, run: dict[str, Any]) -> int:
+        rows = await self.store.all("SELECT workdir FROM tasks WHERE run_id = ? AND workdir IS NOT NULL", (run["id"],))
+        work = runs_dir(self.config, run["project_id"]) / "work"
+        keep = [project_dir(self.config, run["project_id"])]
+        return await anyio.to_thread.run_sync(nfhub_worker.clean_work_dir, work, [r["workdir"] for r in rows], keep)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return os.path.commonpath([os.path.realpath(path), os.path.realpath(root)]) == os.path.realpath(root)
+    except ValueError:
+        return False
+
+
+def _progress(project: dict[str, Any]) -> dict[str, Any]:
+    return {"id": project["id"], "submitted_processes": project["submitted_processes"],
+            "completed_processes": project["completed_processes"],
+            "is_scheduled": project["run_status"] in ACTIVE_STATES, "status": project["run_status"],
+            "run_id": project["run_id"]}
