@@ -988,6 +988,72 @@ _ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer
 _PROJECT_OUT = {"type": "object", "properties": {"project": {"$ref": "#/components/schemas/Project"}}}
 
 
+_EMPTY_STRING = {"type": "string", "enum": [""]}
+_PATH_BODY = {"type": "object", "required": ["path"], "properties": {"path": {"type": "string"}}}
+
+
+def _query(name: str, kind: str = "string", required: bool = False, description: str = "") -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": {"type": kind},
+            **({"description": description} if description else {})}
+
+
+def _files_openapi() -> dict[str, Any]:
+    entry = {"type": "object", "properties": {"name": {"type": "string"}, "type": {"enum": ["file", "folder"]},
+                                              "size": {"type": ["integer", "null"]}, "modified": {"type": "string"}}}
+    upload_body = {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}, "directory": {"type": "string"},
+        "offset": {"type": "integer", "description": "resumable upload: where this slice starts"},
+        "total": {"type": "integer", "description": "resumable upload: size of the whole file"}}}}}
+    upload = _op("Upload a file (streamed; or one slice of a resumable upload, see the README)", params=[_ID],
+                 response={"type": "object", "properties": {
+                     "directory": {"type": "string"}, "file": {"type": "string"}, "received": {"type": "integer"},
+                     "total": {"type": "integer"}, "complete": {"type": "boolean"}}},
+                 errors=(400, 403, 404, 409, 413, 422, 507))
+    upload["requestBody"] = {"required": True, "content": upload_body}
+    download = _op("Download a file (Range supported) or a folder as a zip; a browser may pass ?token=",
+                   params=[_ID, _query("path", required=True), _query("token")], errors=(400, 404, 416))
+    download["responses"]["200"] = {"description": "the file, or <folder>.zip",
+                                    "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                        "format": "binary"}}}}
+    download["responses"]["206"] = {"description": "a byte range of the file"}
+    return {
+        "/api/projects/{id}/files": {"get": _op(
+            "List one folder of the project", params=[_ID, _query("dir", description="folder (default: root)")],
+            response={"type": "object", "properties": {
+                "folders": {"type": "array", "items": {"type": "string"}},
+                "files": {"type": "array", "items": {"type": "string"}},
+                "entries": {"type": "array", "items": entry}}}, errors=(400, 404))},
+        "/api/projects/{id}/upload-file": {"post": upload},
+        "/api/projects/{id}/upload-status": {"get": _op(
+            "Bytes received so far of a pending resumable upload", params=[_ID, _query("path", required=True),
+                                                                            _query("total", "integer")],
+            response={"type": "object", "properties": {"received": {"type": "integer"},
+                                                       "total": {"type": ["integer", "null"]}}},
+            errors=(400, 403, 404))},
+        "/api/projects/{id}/delete-path": {"post": _op(
+            "Delete a file or a folder with its contents", params=[_ID], body=_PATH_BODY, response=_EMPTY_STRING,
+            errors=(400, 403, 404))},
+        "/api/projects/{id}/create-folder": {"post": _op(
+            "Create a folder (parents included)", params=[_ID], body=_PATH_BODY, response=_EMPTY_STRING,
+            errors=(400, 403, 404, 409))},
+        "/api/projects/{id}/download": {"get": download},
+    }
+
+
+def _catalog_openapi() -> dict[str, Any]:
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/nextflow-projects": {"get": _op("Pipelines in the catalog", response={
+            "type": "object", "properties": {"nextflow_projects": {"type": "array", "items": {"type": "string"}}}})},
+        "/api/nextflow-projects/{name}": {"get": _op(
+            "A pipeline's description and source", params=[name], response={
+                "type": "object", "properties": {"nextflow_project": {"type": "object"}}}, errors=(404,))},
+        "/api/nextflow-projects/{name}/arguments": {"get": _op(
+            "The pipeline's argument definitions in display order", params=[name], response={
+                "type": "object", "properties": {"arguments": {"type": "object"}}}, errors=(404,))},
+    }
+
+
 def openapi_document(config: Config) -> dict[str, Any]:
     """An OpenAPI 3 description of every endpoint; kept beside the routes so they change together."""
     paths: dict[str, Any] = {
@@ -1013,8 +1079,12 @@ def openapi_document(config: Config) -> dict[str, Any]:
         "/api/projects/{id}/delete": {"post": _op("Delete a project and its files", params=[_ID],
                                                   response={"type": "object"}, errors=(403, 404, 409))},
     }
+    paths.update(_files_openapi())
+    paths.update(_catalog_openapi())
     import nfhub_auth
+    import nfhub_runs
 
+    paths.update(nfhub_runs.openapi_paths())
     paths.update(nfhub_auth.openapi_paths())
     return {
         "openapi": "3.1.0",

@@ -786,3 +786,55 @@ def _progress(project: dict[str, Any]) -> dict[str, Any]:
             "completed_processes": project["completed_processes"],
             "is_scheduled": project["run_status"] in ACTIVE_STATES, "status": project["run_status"],
             "run_id": project["run_id"]}
+
+
+# ---- OpenAPI -----------------------------------------------------------------------------------------------------
+
+
+def openapi_paths() -> dict[str, Any]:
+    """OpenAPI path items for the run routes."""
+    from nfhub import _ID, _op, _query
+
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    run = {"type": "object", "properties": {"run": {"type": "object"}}}
+    secret = [_ID, _query("token", description="the run's secret (or HTTP Basic weblog.basicToken)")]
+    weblog = _op("Nextflow's weblog events (only Nextflow posts here; authenticated by the run's secret)", auth=False,
+                 params=secret, body={"type": "object", "required": ["event"]}, errors=(400, 401, 413))
+    finished_op = _op("An external worker reports the end of a run (the run's secret; user tokens get 403)",
+                      auth=False, params=secret, body={"type": "object", "properties": {"exit_code": {
+                          "type": ["integer", "null"]}}}, response={"type": "string"}, errors=(401, 403, 422))
+    log_op = _op("The run's console output from a byte offset (X-Log-Size, X-Log-Offset headers)",
+                 params=[_ID, run_id, _query("offset", "integer"), _query("token")], errors=(400, 404),
+                 response={"type": "string"}, content_type="text/plain")
+    events_op = _op("Live project progress as text/event-stream (snapshot, run and task events; Last-Event-ID)",
+                    params=[_ID, _query("token")], errors=(404,), response={"type": "string"},
+                    content_type="text/event-stream")
+    return {
+        "/api/projects/{id}/schedule": {"post": _op(
+            "Schedule the project's pipeline; optional {\"resume\": true | run_id}", params=[_ID],
+            body={"type": "object", "properties": {"resume": {"type": ["boolean", "integer"]}}},
+            response={"type": "object", "properties": {"is_scheduled": {"type": "boolean"},
+                                                       "run_id": {"type": "integer"}}},
+            errors=(400, 403, 404, 409, 422))},
+        "/api/projects/{id}/cancel": {"post": _op(
+            "Cancel the queued or running run (answers once it has stopped)", params=[_ID],
+            response={"type": "object", "properties": {"is_scheduled": {"type": "boolean"}}}, errors=(403, 404))},
+        "/api/projects/{id}/nextflow-log": {"post": weblog},
+        "/api/projects/{id}/finished": {"post": finished_op},
+        "/api/projects/{id}/events": {"get": events_op},
+        "/api/projects/{id}/runs": {"get": _op("Run history, newest first", params=[_ID], response={
+            "type": "object", "properties": {"runs": {"type": "array", "items": {"type": "object"}}}},
+            errors=(404,))},
+        "/api/projects/{id}/runs/{run_id}": {"get": _op("One run", params=[_ID, run_id], response=run,
+                                                        errors=(404,))},
+        "/api/projects/{id}/runs/{run_id}/tasks": {"get": _op(
+            "The run's tasks, failed first", params=[_ID, run_id, _query("status"), _query("offset", "integer"),
+                                                     _query("limit", "integer")],
+            response={"type": "object", "properties": {"tasks": {"type": "array", "items": {"type": "object"}},
+                                                       "total": {"type": "integer"}}}, errors=(400, 404))},
+        "/api/projects/{id}/runs/{run_id}/log": {"get": log_op},
+        "/api/projects/{id}/runs/{run_id}/clean": {"post": _op(
+            "Remove a finished run's task work directories", params=[_ID, run_id], response={
+                "type": "object", "properties": {"freed_bytes": {"type": "integer"},
+                                                 "work_dir_size": {"type": "integer"}}}, errors=(403, 404, 409))},
+    }

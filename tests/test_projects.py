@@ -186,3 +186,16 @@ def test_security_headers(client: TestClient) -> None:
 def test_method_not_allowed_is_json(client: TestClient, alice: dict) -> None:
     r = client.request("TRACE", "/api/projects", headers=alice)
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_openapi_describes_every_route(client: TestClient) -> None:
+    from starlette.routing import Route
+
+    doc = client.get("/api/openapi.json").json()
+    for route in client.app.routes:
+        if not isinstance(route, Route) or not route.path.startswith("/api/"):
+            continue
+        path = route.path.replace("{id:int}", "{id}").replace("{run_id:int}", "{run_id}")
+        assert path in doc["paths"], path
+        for method in route.methods - {"HEAD"}:
+            assert method.lower() in doc["paths"][path], f"{method} {path}"
