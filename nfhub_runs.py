@@ -422,6 +422,7 @@ class RunManager:
         self.applied_event = anyio.Event()
         self.journal_path = config.data_path / "weblog.journal"
         self.journal_fd = -1
+        self.journal_keep = False
         self.task_group: anyio.abc.TaskGroup | None = None
 
     # -- paths
@@ -490,8 +491,10 @@ class RunManager:
         if run is None or run["status"] != "queued":
             return
         async with self.store.write() as db:
-            await db.execute("UPDATE runs SET status = 'starting', started_at = ? WHERE id = ? AND status = 'queued'",
-                             (now_iso(), run_id))
+            cur = await db.execute("UPDATE runs SET status = 'starting', started_at = ? WHERE id = ?"
+                                   " AND status = 'queued' AND cancel_requested = 0", (now_iso(), run_id))
+            if not cur.rowcount:
+                return  # cancelled between the queue and here: never launch it
         await self._publish_run(run_id)
         # The run's files and argv were written when it was scheduled; launching needs only its folders.
         argv = json.loads(run["command"])
@@ -652,11 +655,16 @@ class RunManager:
             self.wake = anyio.Event()
             while self.queue:
                 batch, self.queue = self.queue[:1000], self.queue[1000:]
-                await self._apply_batch(batch)
+                try:
+                    await self._apply_batch(batch)
+                except Exception:
+                    # Keep the journal: the next start replays these events. Runs go on meanwhile.
+                    log.exception("could not apply %d weblog event(s); they stay in the journal", len(batch))
+                    self.journal_keep = True
                 self.applied = max(self.applied, int(batch[-1][0].rsplit("-", 1)[1]))
                 event, self.applied_event = self.applied_event, anyio.Event()
                 event.set()
-            if not self.queue and self.journal_fd >= 0:
+            if not self.queue and self.journal_fd >= 0 and not self.journal_keep:
                 os.ftruncate(self.journal_fd, 0)  # everything in it is committed; no await since the check
 
     async def _apply_batch(self, batch: list[tuple[str, int, str, dict[str, Any], bytes, float]]) -> None:

@@ -334,3 +334,53 @@ def test_queued_runs_start_after_restart(restartable, live_settings: dict, confi
     http.post(f"/api/projects/{first}/cancel")
     run = wait_done(http, token, second, 60)
     assert run["status"] == "succeeded"
+
+
+def test_acknowledged_events_survive_kill_9(restartable, rows) -> None:
+    server, config, token, http = restartable
+    pid = new_project(http, token, "slow", {})
+    http.post(f"/api/projects/{pid}/schedule")
+    wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30, what="running")
+    run = latest_run(http, token, pid)
+    url = f"/api/projects/{pid}/nextflow-log?token={secret_of(config, pid, run['id'])}"
+    base = {"runName": run["run_name"], "runId": "u", "utcTime": "2026-01-01T00:00:00Z"}
+    acknowledged = 0
+    with httpx.Client(base_url=server.url, timeout=10) as sender:
+        for i in range(1000, 1400):
+            trace = {"task_id": i, "status": "SUBMITTED", "hash": "ab/cdef12", "name": f"BURST ({i})",
+                     "exit": 2147483647, "submit": 1, "start": 0, "process": "BURST", "tag": str(i)}
+            if sender.post(url, json={**base, "event": "process_submitted", "trace": trace}).status_code == 200:
+                acknowledged += 1
+    server.stop(signal.SIGKILL)  # right after the last 2xx
+    assert acknowledged == 400
+    server.start()
+    burst = rows("SELECT count(*) FROM events WHERE run_id = ? AND body LIKE '%BURST%'", (run["id"],))[0][0]
+    assert burst == 400
+    assert rows("SELECT count(*) FROM tasks WHERE run_id = ? AND process = 'BURST'", (run["id"],))[0][0] == 400
+    assert rows("PRAGMA integrity_check")[0][0] == "ok"
+    http.post(f"/api/projects/{pid}/cancel")
+
+
+def test_journal_is_replayed_at_start(config: nfhub.Config, make_user, rows) -> None:
+    """Events acknowledged but not yet applied when nfhub died are applied on the next start, exactly once."""
+    from starlette.testclient import TestClient
+
+    with TestClient(nfhub.create_app(config)) as client:
+        token = {"x-access-token": make_user("alice")}
+        pid = client.post("/api/projects/create", json={"name": "p"}, headers=token).json()["project"]["id"]
+    conn = nfhub._open_sync(config)
+    conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
+                 " VALUES (7, ?, 'failed', 'hello', 'nfhub-7-abcde', 'x', 'now')", (pid,))
+    conn.close()
+    journal = config.data_path / "weblog.journal"
+    entries = b""
+    for i in range(3):
+        body = json.dumps({"event": "process_submitted", "runName": "nfhub-7-abcde", "trace": {
+            "task_id": i + 1, "status": "SUBMITTED", "name": f"T ({i})", "exit": 2147483647}}).encode()
+        entries += f"old-{i}\t7\t1.0\t{len(body)}\n".encode() + body + b"\n"
+    journal.write_bytes(entries + entries[:-40])  # the same events again, and a torn last write
+    with TestClient(nfhub.create_app(config)):
+        pass
+    assert rows("SELECT count(*) FROM events WHERE run_id = 7")[0][0] == 3
+    assert rows("SELECT submitted_processes FROM runs WHERE id = 7")[0][0] == 3
+    assert not journal.exists() or journal.stat().st_size == 0
