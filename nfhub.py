@@ -425,15 +425,21 @@ def _error_classes() -> dict[Any, Callable]:
     return handlers
 
 
-async def read_json(request: Request) -> dict[str, Any]:
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_JSON_BYTES:
-        raise APIError(413, f"request body larger than {MAX_JSON_BYTES} bytes")
+    if length and length.isdigit() and int(length) > limit:
+        raise APIError(413, f"{what} larger than {limit} bytes")
     body = b""
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise APIError(413, f"request body larger than {MAX_JSON_BYTES} bytes")
+        if len(body) > limit:
+            raise APIError(413, f"{what} larger than {limit} bytes")
+    return body
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await read_body(request, MAX_JSON_BYTES)
     if not body.strip():
         return {}
     try:

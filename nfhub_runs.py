@@ -44,6 +44,7 @@ from nfhub import (
     log,
     now_iso,
     project_dir,
+    read_body,
     read_json,
     runs_dir,
 )
@@ -619,14 +620,7 @@ class RunManager:
         ref = self.run_for_secret(request, project_id)
         if ref is None:
             raise APIError(401, "missing or wrong run secret")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_WEBLOG_BYTES:
-            raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_WEBLOG_BYTES:
-                raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
+        body = await read_body(request, MAX_WEBLOG_BYTES, "event")
         try:
             event = json.loads(body)
         except (ValueError, RecursionError):

@@ -249,6 +249,17 @@ def restartable(catalog: Path, live_settings: dict, config_file: Path, tmp_path:
     conn.close()
 
 
+def start_running(http: httpx.Client, token: dict, config: nfhub.Config, pipeline: str) -> tuple[int, int]:
+    """A new project whose run is running; (project id, pid of its Nextflow)."""
+    pid = new_project(http, token, pipeline, {})
+    http.post(f"/api/projects/{pid}/schedule")
+    wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30, what="running")
+    conn = nfhub._open_sync(config)
+    leader = conn.execute("SELECT pid FROM runs WHERE id = ?", (latest_run(http, token, pid)["id"],)).fetchone()[0]
+    conn.close()
+    return pid, leader
+
+
 def test_sigkill_restart_adopts_a_live_run(restartable) -> None:
     server, config, token, http = restartable
     pid = new_project(http, token, "medium", {})
@@ -268,13 +279,7 @@ def test_sigkill_restart_adopts_a_live_run(restartable) -> None:
 
 def test_sigkill_restart_with_the_run_gone(restartable) -> None:
     server, config, token, http = restartable
-    pid = new_project(http, token, "medium", {})
-    http.post(f"/api/projects/{pid}/schedule")
-    wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30, what="running")
-    run_id = latest_run(http, token, pid)["id"]
-    conn = nfhub._open_sync(config)
-    leader = conn.execute("SELECT pid FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-    conn.close()
+    pid, leader = start_running(http, token, config, "medium")
     server.stop(signal.SIGKILL)
     for p in group_members(leader):
         os.kill(p, signal.SIGKILL)  # Nextflow dies with nfhub: no history status, no completed event
@@ -286,13 +291,7 @@ def test_sigkill_restart_with_the_run_gone(restartable) -> None:
 
 def test_run_that_finished_while_down_is_judged_from_history(restartable) -> None:
     server, config, token, http = restartable
-    pid = new_project(http, token, "medium", {})
-    http.post(f"/api/projects/{pid}/schedule")
-    wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30, what="running")
-    run_id = latest_run(http, token, pid)["id"]
-    conn = nfhub._open_sync(config)
-    leader = conn.execute("SELECT pid FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-    conn.close()
+    pid, leader = start_running(http, token, config, "medium")
     server.stop(signal.SIGKILL)
     wait_for(lambda: not group_members(leader), 60, 0.1, "the run to finish while nfhub is down")
     server.start()
@@ -304,13 +303,7 @@ def test_run_that_finished_while_down_is_judged_from_history(restartable) -> Non
 
 def test_clean_shutdown_leaves_the_run_running(restartable) -> None:
     server, config, token, http = restartable
-    pid = new_project(http, token, "medium", {})
-    http.post(f"/api/projects/{pid}/schedule")
-    wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30, what="running")
-    run_id = latest_run(http, token, pid)["id"]
-    conn = nfhub._open_sync(config)
-    leader = conn.execute("SELECT pid FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
-    conn.close()
+    pid, leader = start_running(http, token, config, "medium")
     server.stop(signal.SIGTERM)
     assert group_members(leader), "the pipeline must survive a clean nfhub shutdown"
     server.start()
