@@ -892,7 +892,6 @@ def _stream_token(request: Request) -> str | None:
     return None
 
 
-
 # ---- Handlers: project files -------------------------------------------------------------------------------------
 
 
