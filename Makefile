@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench lint format clean
+.PHONY: install run test bench screenshots lint format clean
 
 $(VENV)/.installed: setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install
 
 bench: install
 	$(BIN)/python bench/bench.py
+
+screenshots: install
+	NFHUB_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_page.py
 
 lint: install
 	$(BIN)/ruff check .
