@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,12 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-import aiosqlite
 import anyio
 import anyio.abc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 import nfhub_catalog
 import nfhub_worker
@@ -44,7 +46,6 @@ from nfhub import (
     log,
     now_iso,
     project_dir,
-    read_body,
     read_json,
     runs_dir,
 )
@@ -53,6 +54,7 @@ from nfhub import (
 
 TASK_COLUMNS = ("hash", "name", "process", "tag", "status", "exit", "submit", "start", "complete", "duration",
                 "realtime", "cpu_percent", "peak_rss", "workdir", "native_id", "attempt", "error_action")
+TASK_EVENTS = frozenset(("process_submitted", "process_started", "process_completed"))
 TERMINAL_TASK_STATES = ("COMPLETED", "FAILED", "ABORTED", "CACHED")
 # What a later event may not undo: a RUNNING event arriving after COMPLETED keeps COMPLETED.
 _TASK_RANK = {"NEW": 0, "SUBMITTED": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 3, "ABORTED": 3, "CACHED": 3}
@@ -94,65 +96,81 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("task_id", *TASK_COLUMNS)}
 
 
-async def _upsert_task(db: aiosqlite.Connection, run_id: int, task: dict[str, Any]) -> tuple[str | None, bool]:
+_TASK_UPSERT = (
+    f"INSERT INTO tasks (run_id, task_id, {', '.join(TASK_COLUMNS)}) VALUES (?, ?, {', '.join('?' for _ in TASK_COLUMNS)})"
+    f" ON CONFLICT (run_id, task_id) DO UPDATE SET {', '.join(f'{c} = COALESCE(excluded.{c}, {c})' for c in TASK_COLUMNS)}"
+)
+
+
+def upsert_task(db: sqlite3.Connection, run_id: int, task: dict[str, Any]) -> tuple[str | None, bool]:
     """Insert or advance one task row; returns (previous status, whether anything changed)."""
-    async with db.execute("SELECT status FROM tasks WHERE run_id = ? AND task_id = ?",
-                          (run_id, task["task_id"])) as cur:
-        found = await cur.fetchone()
+    found = db.execute("SELECT status FROM tasks WHERE run_id = ? AND task_id = ?", (run_id, task["task_id"])).fetchone()
     previous = found["status"] if found else None
     status = task.get("status") or "NEW"
     if previous is not None and _TASK_RANK.get(status, 0) < _TASK_RANK.get(previous, 0):
         return previous, False
-    values = {k: task.get(k) for k in TASK_COLUMNS}
-    values["status"] = status
-    if values["native_id"] is not None:
-        values["native_id"] = str(values["native_id"])
-    cols = ", ".join(TASK_COLUMNS)
-    marks = ", ".join("?" for _ in TASK_COLUMNS)
-    updates = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})" for c in TASK_COLUMNS)
-    await db.execute(f"INSERT INTO tasks (run_id, task_id, {cols}) VALUES (?, ?, {marks})"
-                     f" ON CONFLICT (run_id, task_id) DO UPDATE SET {updates}",
-                     (run_id, task["task_id"], *(values[c] for c in TASK_COLUMNS)))
+    native = task.get("native_id")
+    values = [status if c == "status" else str(native) if c == "native_id" and native is not None else task.get(c)
+              for c in TASK_COLUMNS]
+    db.execute(_TASK_UPSERT, (run_id, task["task_id"], *values))
     return previous, True
 
 
-async def apply_event(db: aiosqlite.Connection, run: dict[str, Any], kind: str, body: dict[str, Any],
-                      changed: dict[str, Any]) -> None:
-    """Apply one weblog event to the runs/tasks tables, idempotently. `changed` collects what to publish."""
-    run_id = run["id"]
-    if kind in ("process_submitted", "process_started", "process_completed") or (kind == "error" and body.get("trace")):
+def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, Any]:
+    """Apply weblog events in one transaction, each exactly once (by journal id). Runs on the writer's thread.
+
+    Returns what changed, for the live views: {"runs": {run ids}, "tasks": {run id: {task ids}}}."""
+    changed: dict[str, Any] = {"runs": set(), "tasks": {}}
+    run_ids = tuple({item[1] for item in batch})
+    marks = ", ".join("?" for _ in run_ids)
+    known = {r["id"] for r in db.execute(f"SELECT id FROM runs WHERE id IN ({marks})", run_ids).fetchall()}
+    counters: dict[int, list[int]] = {}  # run id -> [submitted, completed, failed] added by this batch
+    for jid, run_id, kind, event, body, received in batch:
+        if run_id not in known:
+            continue  # its project was deleted meanwhile
+        # Task events live on as task rows; keeping their 1-2 KB bodies too would triple the cost of each event.
+        raw = "" if kind in TASK_EVENTS else body.decode("utf-8", "replace")
+        cur = db.execute("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at) VALUES (?, ?, ?, ?, ?)",
+                         (jid, run_id, kind, raw, received))
+        if cur.rowcount:
+            _apply_event(db, run_id, kind, event, changed, counters.setdefault(run_id, [0, 0, 0]))
+    for run_id, (submitted, completed, failed) in counters.items():
+        if submitted or completed or failed:
+            db.execute("UPDATE runs SET submitted_processes = submitted_processes + ?, completed_processes ="
+                       " completed_processes + ?, failed_processes = failed_processes + ? WHERE id = ?",
+                       (submitted, completed, failed, run_id))
+            changed["runs"].add(run_id)
+    return changed
+
+
+def _apply_event(db: sqlite3.Connection, run_id: int, kind: str, body: dict[str, Any], changed: dict[str, Any],
+                 counts: list[int]) -> None:
+    if kind in TASK_EVENTS or (kind == "error" and body.get("trace")):
         try:
             task = nfhub_worker.task_from_weblog(body.get("trace"))  # type: ignore[arg-type]
         except ValueError:
             return
-        if kind == "error":
-            # errorStrategy 'finish': the failing task's trace rides on the error event.
-            await db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?",
-                             (task["name"], run_id))
+        failing = task["status"] == "FAILED" and task.get("error_action") in (None, "TERMINATE", "FINISH")
+        if kind == "error" or failing:
+            # The task that made the run fail (errorStrategy 'finish' sends its trace with the error event).
+            db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?", (task["name"], run_id))
             changed["runs"].add(run_id)
-            return
-        previous, did = await _upsert_task(db, run_id, task)
+            if kind == "error":
+                return
+        previous, did = upsert_task(db, run_id, task)
         if not did:
             return
-        counters = []
         if previous is None:
-            counters.append("submitted_processes = submitted_processes + 1")
+            counts[0] += 1
         if kind == "process_completed" and previous not in TERMINAL_TASK_STATES:
-            counters.append("completed_processes = completed_processes + 1")
-            if task["status"] == "FAILED":
-                counters.append("failed_processes = failed_processes + 1")
-        if task["status"] == "FAILED" and task.get("error_action") in (None, "TERMINATE", "FINISH"):
-            counters.append(f"failed_task = COALESCE(failed_task, {_sql_quote(task['name'] or '')})")
-        if counters:
-            await db.execute(f"UPDATE runs SET {', '.join(counters)} WHERE id = ?", (run_id,))
-            changed["runs"].add(run_id)
+            counts[1] += 1
+            counts[2] += task["status"] == "FAILED"
         changed["tasks"].setdefault(run_id, set()).add(task["task_id"])
     elif kind == "started":
         summary = nfhub_worker.workflow_summary(body.get("metadata") or {})
-        await db.execute("UPDATE runs SET status = CASE WHEN status IN ('queued', 'starting') THEN 'running'"
-                         " ELSE status END, started_at = COALESCE(started_at, ?),"
-                         " session_id = COALESCE(session_id, ?) WHERE id = ?",
-                         (now_iso(), summary["session_id"] or body.get("runId"), run_id))
+        db.execute("UPDATE runs SET status = CASE WHEN status IN ('queued', 'starting') THEN 'running' ELSE status END,"
+                   " started_at = COALESCE(started_at, ?), session_id = COALESCE(session_id, ?) WHERE id = ?",
+                   (now_iso(), summary["session_id"] or body.get("runId"), run_id))
         changed["runs"].add(run_id)
     elif kind == "completed":
         summary = nfhub_worker.workflow_summary(body.get("metadata") or {})
@@ -160,15 +178,11 @@ async def apply_event(db: aiosqlite.Connection, run: dict[str, Any], kind: str, 
                  "error_message": summary["error_message"], "error_report": summary["error_report"],
                  "duration": summary["duration"], "nextflow_version": summary["nextflow_version"]}
         error = None if summary["success"] else summary["error_message"]
-        await db.execute("UPDATE runs SET stats = ?, session_id = COALESCE(session_id, ?),"
-                         " error_message = COALESCE(?, error_message), cached_processes = ? WHERE id = ?",
-                         (json.dumps(stats), summary["session_id"] or body.get("runId"), error,
-                          summary["stats"]["cached"], run_id))
+        db.execute("UPDATE runs SET stats = ?, session_id = COALESCE(session_id, ?), error_message = COALESCE(?,"
+                   " error_message), cached_processes = ? WHERE id = ?",
+                   (json.dumps(stats), summary["session_id"] or body.get("runId"), error, summary["stats"]["cached"],
+                    run_id))
         changed["runs"].add(run_id)
-
-
-def _sql_quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 # ---- Handlers: runs ----------------------------------------------------------------------------------------------
@@ -313,15 +327,20 @@ async def runs_clean(request: Request) -> Response:
     return JSONResponse({"freed_bytes": freed, "work_dir_size": await request.app.state.runs.work_size(run)})
 
 
-async def nextflow_log(request: Request) -> Response:
+async def nextflow_log(scope: Scope, receive: Receive, send: Send) -> None:
     """Nextflow's weblog endpoint: authenticated by the run's own secret, durable before it answers."""
-    return await request.app.state.runs.ingest(request, _project_id(request))
+    await scope["app"].state.runs.ingest(scope, receive, send)
+
+
+_EMPTY_200 = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]}
+_EMPTY_BODY = {"type": "http.response.body", "body": b""}
 
 
 async def finished(request: Request) -> Response:
     """For an external worker: the run ended (its secret authenticates; user tokens are refused with 403)."""
     runs = request.app.state.runs
-    ref = runs.run_for_secret(request, _project_id(request))
+    ref = runs.run_for_secret(request.scope["query_string"], request.headers.get("authorization"),
+                              _project_id(request))
     if ref is None:
         if request.headers.get("x-access-token"):
             raise APIError(403, "this endpoint is for the worker; it needs the run's secret, not a user token")
@@ -346,6 +365,16 @@ async def project_events(request: Request) -> Response:
 
 
 # ---- Background: the run manager ---------------------------------------------------------------------------------
+
+
+APPLY_BATCH = 2000  # events per transaction at most
+APPLY_GATHER = 0.005  # seconds without a new event that count as a lull, when the applier runs
+APPLY_MAX_DELAY = 0.25  # seconds an acknowledged event may wait for the applier at most (live views lag this much)
+MAX_QUEUED_EVENTS = 50_000  # acknowledged but not yet applied; beyond it senders wait
+JOURNAL_TRUNCATE = 8 << 20  # the journal is emptied once it is this large and fully applied
+
+# One acknowledged weblog event: (journal id, run id, event name, parsed body, raw body, time received).
+Journaled = tuple[str, int, str, dict[str, Any], bytes, float]
 
 
 @dataclass
@@ -417,13 +446,15 @@ class RunManager:
         self.ended: dict[int, anyio.Event] = {}
         self.boot = uuid.uuid4().hex[:12]
         self.seq = 0
-        self.queue: list[tuple[str, int, str, dict[str, Any], bytes, float]] = []
+        self.queue: list[Journaled] = []
         self.wake = anyio.Event()
         self.applied = 0  # journal sequence numbers applied so far (this boot)
         self.applied_event = anyio.Event()
         self.journal_path = config.data_path / "weblog.journal"
         self.journal_fd = -1
         self.journal_keep = False
+        self.journal_size = 0
+        self.hurry = 0  # coroutines waiting in flush(): apply now, do not wait for a lull
         self.task_group: anyio.abc.TaskGroup | None = None
 
     # -- paths
@@ -556,14 +587,16 @@ class RunManager:
         elif status == "lost":
             message = message or "nfhub lost track of this run (its process ended while nfhub was down)"
         session = run["session_id"] or (history or {}).get("session_id")
-        async with self.store.write() as db:
+        cached = sum(1 for t in trace if t["status"] == "CACHED")
+
+        def record(db: sqlite3.Connection) -> None:
             for task in trace:  # cached tasks send no events, and events sent while nfhub was down are lost
-                await _upsert_task(db, run_id, task)
-            cached = sum(1 for t in trace if t["status"] == "CACHED")
-            await db.execute(
-                "UPDATE runs SET status = ?, exit_code = ?, error_message = ?, finished_at = ?, session_id = ?,"
-                " cached_processes = max(cached_processes, ?) WHERE id = ? AND status IN ('queued', 'starting',"
-                " 'running')", (status, exit_code, message, now_iso(), session, cached, run_id))
+                upsert_task(db, run_id, task)
+            db.execute("UPDATE runs SET status = ?, exit_code = ?, error_message = ?, finished_at = ?, session_id = ?,"
+                       " cached_processes = max(cached_processes, ?) WHERE id = ? AND status IN ('queued', 'starting',"
+                       " 'running')", (status, exit_code, message, now_iso(), session, cached, run_id))
+
+        await self.store.write_fn(record)
         for key, ref in list(self.secrets.items()):
             if ref.run_id == run_id:
                 del self.secrets[key]  # the secret dies with the run
@@ -601,12 +634,16 @@ class RunManager:
             await ended.wait()
 
     # -- weblog ingestion
-    def run_for_secret(self, request: Request, project_id: int) -> RunRef | None:
-        token = request.query_params.get("token")
-        auth = request.headers.get("authorization", "")
-        if not token and auth[:6].lower() == "basic ":
+    def run_for_secret(self, query_string: bytes, authorization: str | None, project_id: int) -> RunRef | None:
+        """The run whose secret the request carries (?token= or HTTP Basic weblog.basicToken), else None."""
+        token = None
+        for pair in query_string.split(b"&"):
+            if pair.startswith(b"token="):
+                token = unquote(pair[6:].decode("latin-1"))
+                break
+        if not token and authorization and authorization[:6].lower() == "basic ":
             try:
-                token = base64.b64decode(auth[6:], validate=True).decode().partition(":")[2]
+                token = base64.b64decode(authorization[6:], validate=True).decode().partition(":")[2]
             except ValueError:
                 token = None
         if not token or len(token) > 256:
@@ -616,11 +653,31 @@ class RunManager:
             return None
         return ref
 
-    async def ingest(self, request: Request, project_id: int) -> Response:
-        ref = self.run_for_secret(request, project_id)
+    async def ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The weblog endpoint as a bare ASGI app: Nextflow waits for every answer, so every microsecond counts.
+
+        Errors are raised as APIError and answered by the app's handlers like everywhere else."""
+        project_id = int(scope["path_params"]["id"])
+        authorization = None
+        length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        ref = self.run_for_secret(scope["query_string"], authorization, project_id)
         if ref is None:
             raise APIError(401, "missing or wrong run secret")
-        body = await read_body(request, MAX_WEBLOG_BYTES, "event")
+        if length is not None and length.isdigit() and int(length) > MAX_WEBLOG_BYTES:
+            raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_WEBLOG_BYTES:
+                raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
+            if not message.get("more_body"):
+                break
         try:
             event = json.loads(body)
         except (ValueError, RecursionError):
@@ -629,26 +686,44 @@ class RunManager:
             raise APIError(400, "event must be a JSON object with an 'event' name")
         if event.get("runName") not in (None, ref.run_name):
             raise APIError(401, "event belongs to another run")
+        if len(self.queue) > MAX_QUEUED_EVENTS:
+            await self.flush()  # back-pressure: a sender far ahead of the database waits, memory stays bounded
         self.seq += 1
         jid = f"{self.boot}-{self.seq}"
         now = time.time()
-        header = f"{jid}\t{ref.run_id}\t{now}\t{len(body)}\n".encode()
-        os.write(self.journal_fd, header + body + b"\n")  # durable against kill -9 once write(2) returns
+        record = f"{jid}\t{ref.run_id}\t{now}\t{len(body)}\n".encode() + body + b"\n"
+        os.write(self.journal_fd, record)  # durable against kill -9 once write(2) returns
+        self.journal_size += len(record)
         self.queue.append((jid, ref.run_id, event["event"][:64], event, body, now))
         self.wake.set()
-        return Response(status_code=200)
+        await send(_EMPTY_200)
+        await send(_EMPTY_BODY)
 
     async def flush(self) -> None:
+        """Wait until every event acknowledged so far is applied."""
         target = self.seq
-        while self.applied < target:
-            await self.applied_event.wait()
+        self.hurry += 1
+        self.wake.set()
+        try:
+            while self.applied < target:
+                await self.applied_event.wait()
+        finally:
+            self.hurry -= 1
 
     async def _applier(self) -> None:
         while True:
             await self.wake.wait()
+            # Apply in a lull, or at the latest APPLY_MAX_DELAY after the first waiting event: while Nextflow sends
+            # back to back, its answers are not slowed down by database work (durability is the journal's job).
+            first = time.monotonic()
+            while not self.hurry and len(self.queue) < APPLY_BATCH and time.monotonic() - first < APPLY_MAX_DELAY:
+                seen = self.seq
+                await anyio.sleep(APPLY_GATHER)
+                if self.seq == seen:
+                    break
             self.wake = anyio.Event()
             while self.queue:
-                batch, self.queue = self.queue[:1000], self.queue[1000:]
+                batch, self.queue = self.queue[:APPLY_BATCH], self.queue[APPLY_BATCH:]
                 try:
                     await self._apply_batch(batch)
                 except Exception:
@@ -658,24 +733,13 @@ class RunManager:
                 self.applied = max(self.applied, int(batch[-1][0].rsplit("-", 1)[1]))
                 event, self.applied_event = self.applied_event, anyio.Event()
                 event.set()
-            if not self.queue and self.journal_fd >= 0 and not self.journal_keep:
+            if (not self.queue and self.journal_fd >= 0 and not self.journal_keep
+                    and self.journal_size > JOURNAL_TRUNCATE):
                 os.ftruncate(self.journal_fd, 0)  # everything in it is committed; no await since the check
+                self.journal_size = 0
 
-    async def _apply_batch(self, batch: list[tuple[str, int, str, dict[str, Any], bytes, float]]) -> None:
-        changed: dict[str, Any] = {"runs": set(), "tasks": {}}
-        async with self.store.write() as db:
-            run_ids = {item[1] for item in batch}
-            marks = ", ".join("?" for _ in run_ids)
-            async with db.execute(f"SELECT * FROM runs WHERE id IN ({marks})", tuple(run_ids)) as cur:
-                runs = {r["id"]: r for r in await cur.fetchall()}
-            for jid, run_id, kind, event, body, received in batch:
-                if run_id not in runs:
-                    continue
-                cur = await db.execute("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at)"
-                                       " VALUES (?, ?, ?, ?, ?)", (jid, run_id, kind, body.decode("utf-8", "replace"),
-                                                                   received))
-                if cur.rowcount:
-                    await apply_event(db, runs[run_id], kind, event, changed)
+    async def _apply_batch(self, batch: list[Journaled]) -> None:
+        changed = await self.store.write_fn(apply_events, batch)
         for run_id in changed["runs"] | set(changed["tasks"]):
             await self._publish_run(run_id, changed["tasks"].get(run_id))
 
