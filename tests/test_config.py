@@ -188,3 +188,20 @@ def test_cli_help_lists_commands() -> None:
     r = subprocess.run([sys.executable, str(ROOT / "nfhub.py"), "--help"], capture_output=True, text=True)
     for word in ("serve", "user", "token", "check", "max_upload_bytes"):
         assert word in r.stdout
+
+
+def test_verified_token_cache_still_checks_expiry_and_revocation(monkeypatch) -> None:
+    tokens = nfhub.Tokens(b"k" * 40, 600, 3600)
+    token, claims = tokens.issue(1, lifetime=60)
+    assert tokens.decode(token)["jti"] == claims["jti"]
+    assert tokens.decode(token) is tokens.decode(token)  # served from the cache
+    real = time.time
+    monkeypatch.setattr(nfhub.time, "time", lambda: real() + 60 + nfhub.JWT_LEEWAY + 1)
+    with pytest.raises(nfhub.APIError, match="expired"):
+        tokens.decode(token)
+    monkeypatch.setattr(nfhub.time, "time", real)
+    token, claims = tokens.issue(1, lifetime=60)
+    tokens.decode(token)
+    tokens.revoked[claims["jti"]] = claims["exp"]
+    with pytest.raises(nfhub.APIError, match="revoked"):
+        tokens.decode(token)
