@@ -21,6 +21,7 @@ import secrets
 import sqlite3
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -956,6 +957,66 @@ def _files_handler(handler: Callable, need: str) -> Callable:
     return endpoint
 
 
+VIEW_LIFETIME = 1800  # seconds a report view link works
+
+
+def _view_ticket(key: bytes, user_id: int, project_id: int, folder: str, exp: int) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps([user_id, project_id, folder, exp]).encode()).rstrip(b"=")
+    sig = hmac.new(key + b"/view", payload, hashlib.sha256).digest()[:18]
+    return payload.decode() + "." + base64.urlsafe_b64encode(sig).decode()
+
+
+def _read_view_ticket(key: bytes, ticket: str) -> tuple[int, int, str, int] | None:
+    payload, _, sig = ticket.partition(".")
+    expected = base64.urlsafe_b64encode(hmac.new(key + b"/view", payload.encode(), hashlib.sha256).digest()[:18])
+    if not hmac.compare_digest(expected, sig.encode()):
+        return None
+    try:
+        user_id, project_id, folder, exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, TypeError):
+        return None
+    return int(user_id), int(project_id), str(folder), int(exp)
+
+
+async def view_link(request: Request) -> Response:
+    """A short-lived URL that shows one file (and its folder's files, for a report's images) inline in the page."""
+    user = await authenticate(request)
+    state = request.app.state
+    project_id = _project_id(request)
+    await get_project(state.store, user, project_id)
+    data = await read_json(request)
+    rel = data.get("path")
+    if not isinstance(rel, str) or not rel:
+        raise APIError(422, "path is required", {"path": "required"})
+    real = nfhub_files.resolve_path(files_context(state.config, project_id), rel, must_exist=True, allow_root=False)
+    if not real.is_file():
+        raise APIError(422, "only files can be viewed", {"path": "not a file"})
+    folder = rel.strip("/").rpartition("/")[0]
+    exp = int(time.time()) + VIEW_LIFETIME
+    ticket = _view_ticket(state.tokens.key, user["id"], project_id, folder, exp)
+    quoted = "/".join(urllib.parse.quote(part) for part in rel.strip("/").split("/"))
+    return JSONResponse({"url": f"/api/projects/{project_id}/view/{ticket}/{quoted}",
+                         "expires_at": datetime.fromtimestamp(exp, UTC).isoformat().replace("+00:00", "Z")})
+
+
+async def view_file(request: Request) -> Response:
+    state = request.app.state
+    project_id = _project_id(request)
+    found = _read_view_ticket(state.tokens.key, request.path_params["ticket"])
+    if found is None or found[1] != project_id or found[3] < time.time():
+        raise APIError(404, "this view link is unknown or has expired")
+    user_id, _, folder, _ = found
+    rel = request.path_params["path"]
+    if folder and not (rel + "/").startswith(folder + "/"):
+        raise APIError(404, "not found")
+    user = await state.store.one("SELECT * FROM users WHERE id = ? AND disabled = 0", (user_id,))
+    if user is None:
+        raise APIError(404, "this view link is unknown or has expired")
+    user["is_admin"] = bool(user["is_admin"]) or user["name"] in state.config.admins
+    await get_project(state.store, user, project_id)  # access may have been withdrawn since
+    return await nfhub_files.view(files_context(state.config, project_id), rel, request)
+
+
 def check_values(state: Any, project_id: int, pipeline_name: str, values: dict, *, complete: bool) -> None:
     """Validate workflow arguments against the catalog; paths go through the files' one path function."""
     ctx = files_context(state.config, project_id)
@@ -1082,6 +1143,16 @@ def _files_openapi() -> dict[str, Any]:
             "Create a folder (parents included)", params=[_ID], body=_PATH_BODY, response=_EMPTY_STRING,
             errors=(400, 403, 404, 409))},
         "/api/projects/{id}/download": {"get": download},
+        "/api/projects/{id}/view-link": {"post": _op(
+            "A short-lived URL showing a file inline (HTML reports with their scripts, sandboxed; the file's folder "
+            "is readable through it too, for the report's images)", params=[_ID], body=_PATH_BODY,
+            response={"type": "object", "properties": {"url": {"type": "string"}, "expires_at": {"type": "string"}}},
+            errors=(400, 404, 422))},
+        "/api/projects/{id}/view/{ticket}/{path}": {"get": _op(
+            "A file shown inline through a view link (no token: the ticket is the credential)", auth=False,
+            params=[_ID, {"name": "ticket", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+            errors=(400, 404))},
     }
 
 
@@ -1283,6 +1354,8 @@ def create_app(config: Config) -> Starlette:
               methods=["POST"]),
         Route("/api/projects/{id:int}/create-folder", _files_handler(nfhub_files.create_folder, "write"),
               methods=["POST"]),
+        Route("/api/projects/{id:int}/view-link", view_link, methods=["POST"]),
+        Route("/api/projects/{id:int}/view/{ticket}/{path:path}", view_file, methods=["GET"]),
         Route("/api/projects/{id:int}/schedule", schedule, methods=["POST"]),
         Route("/api/projects/{id:int}/cancel", cancel, methods=["POST"]),
         Route("/api/projects/{id:int}/finished", finished, methods=["POST"]),

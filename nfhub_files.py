@@ -1198,6 +1198,32 @@ async def download(ctx: ProjectFiles, request: Request) -> Response:
     return _OpenFileResponse(fp, real, st, name)
 
 
+# A user's HTML report shown in the page: scripts may run (MultiQC's plots need them) but in an opaque origin
+# (sandbox without allow-same-origin: no cookies, no storage, no access to the page), and with nowhere to send
+# anything (no fetch, no forms, no navigation): only its own folder's files and inline code and styles load.
+VIEW_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+            "media-src 'self' data: blob:; connect-src 'none'; form-action 'none'; frame-ancestors 'self'; "
+            "base-uri 'none'")
+
+
+async def view(ctx: ProjectFiles, rel: str, request: Request) -> Response:
+    """A file inline, for showing reports in the page (see VIEW_CSP); the caller checked the view ticket."""
+    names = _split(rel)
+    real = _resolve(ctx, names, must_exist=True, allow_root=False, writable=False)
+    if os.path.isdir(real):
+        raise FilesError(404, "not a file")
+    try:
+        fp, st = await anyio.to_thread.run_sync(_open_regular, real)
+    except OSError as exc:
+        raise _os_error(exc) from exc
+    response = _OpenFileResponse(fp, real, st, names[-1])
+    response.headers["content-disposition"] = "inline"
+    response.headers["content-security-policy"] = VIEW_CSP
+    response.headers["cache-control"] = "private, max-age=300"
+    return response
+
+
 __all__ = [
     "FilesError",
     "ProjectFiles",
@@ -1209,4 +1235,5 @@ __all__ = [
     "sweep_staging",
     "upload_file",
     "upload_status",
+    "view",
 ]

@@ -804,7 +804,8 @@ class RunManager:
         return {"project": _progress(project) if project else None, "run": run}
 
     async def _publish_run(self, run_id: int, task_ids: set[int] | None = None) -> None:
-        row = await self.store.one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        row = await self.store.one("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
+                                   " WHERE r.id = ?", (run_id,))
         if row is None:
             return
         project_id = row["project_id"]

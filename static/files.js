@@ -98,18 +98,17 @@ export function openPreview(projectId, entry, path) {
           replace(b, h("p", { class: "notice" }, `This file is too large to show here (${fmtBytes(entry.size)}). Download it instead.`));
           return;
         }
-        const blob = await (await fetchFile(projectId, path)).blob();
         if (kind === "image") {
+          const blob = await (await fetchFile(projectId, path)).blob();
           const type = /\.svg$/i.test(entry.name) ? "image/svg+xml" : blob.type;
           objectUrl = URL.createObjectURL(new Blob([blob], { type }));
           replace(b, h("div", { class: "preview-image" }, h("img", { src: objectUrl, alt: entry.name })));
         } else {
-          // A user's HTML (e.g. a MultiQC report) runs in a sandbox: no scripts, no access to this page or its token.
-          objectUrl = URL.createObjectURL(new Blob([blob], { type: "text/html" }));
+          // A user's HTML (e.g. a MultiQC report) gets a short-lived view link: its scripts run in an opaque-origin
+          // sandbox (no access to this page, its storage or its token) and the server's CSP lets it send nothing.
+          const { url } = await api(`/api/projects/${projectId}/view-link`, { method: "POST", json: { path } });
           replace(b,
-            h("p", { class: "muted small preview-note" }, "Shown without its scripts and inline styles, for safety. ",
-              "Download the report to see it with its interactive plots."),
-            h("iframe", { class: "preview-frame", sandbox: "", src: objectUrl, title: `Report ${entry.name}`,
+            h("iframe", { class: "preview-frame", sandbox: "allow-scripts", src: url, title: `Report ${entry.name}`,
                           referrerpolicy: "no-referrer" }));
         }
         return;

@@ -452,6 +452,7 @@ ENDPOINTS: dict[str, tuple[str, str, dict]] = {
     "upload-status": ("GET", "/api/projects/{id}/upload-status", {"params": {"path": "new.txt"}}),
     "delete-path": ("POST", "/api/projects/{id}/delete-path", {"json": {"path": "data.txt"}}),
     "create-folder": ("POST", "/api/projects/{id}/create-folder", {"json": {"path": "new folder"}}),
+    "view-link": ("POST", "/api/projects/{id}/view-link", {"json": {"path": "data.txt"}}),
     # No pipeline is chosen, so an allowed caller gets 422 from the step after the access check (no run starts).
     "schedule": ("POST", "/api/projects/{id}/schedule", {"json": {}}),
     "cancel": ("POST", "/api/projects/{id}/cancel", {}),
@@ -478,7 +479,7 @@ _OWNER = _row(200, 403, 403, 404, 200)
 EXPECTED: dict[str, dict[str, int | None]] = {
     "get": _READ, "update": _WRITE, "delete": _OWNER, "share": _OWNER, "unshare": _OWNER, "shares": _READ,
     "files": _READ, "download": _READ, "upload-file": _WRITE, "upload-status": _WRITE, "delete-path": _WRITE,
-    "create-folder": _WRITE, "schedule": _row(422, 422, 403, 404, 422), "cancel": _WRITE,
+    "create-folder": _WRITE, "view-link": _READ, "schedule": _row(422, 422, 403, 404, 422), "cancel": _WRITE,
     "events": _row(None, None, None, 404, None), "runs": _READ, "run": _READ, "run-tasks": _READ,
     "run-log": _READ, "run-clean": _WRITE,
     "nextflow-log": _row(401, 401, 401, 401, 401), "finished": _row(403, 403, 403, 403, 403),
@@ -525,7 +526,10 @@ def test_matrix_covers_every_project_route() -> None:
     app = nfhub.create_app(config)
     project_routes = {r.path.replace(":int}", "}") for r in app.routes
                       if getattr(r, "path", "").startswith("/api/projects/{id")}
-    assert project_routes - {path for _, path, _ in ENDPOINTS.values()} == set()
+    # A view link's ticket is its credential (checked against the project's access when used): tested in
+    # test_projects.py::test_view_links_show_reports_inline_and_sandboxed.
+    ticket_routes = {"/api/projects/{id}/view/{ticket}/{path:path}"}
+    assert project_routes - {path for _, path, _ in ENDPOINTS.values()} - ticket_routes == set()
 
 
 @pytest.mark.parametrize("endpoint", sorted(ENDPOINTS))

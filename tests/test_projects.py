@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -195,7 +197,44 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     for route in client.app.routes:
         if not isinstance(route, Route) or not route.path.startswith("/api/"):
             continue
-        path = route.path.replace("{id:int}", "{id}").replace("{run_id:int}", "{run_id}")
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         assert path in doc["paths"], path
         for method in route.methods - {"HEAD"}:
             assert method.lower() in doc["paths"][path], f"{method} {path}"
+
+
+def test_view_links_show_reports_inline_and_sandboxed(client: TestClient, alice: dict, bob: dict,
+                                                       config: nfhub.Config, monkeypatch) -> None:
+    pid = create(client, alice)["id"]
+    folder = nfhub.project_dir(config, pid) / "results" / "multiqc"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<html><script>document.title='x'</script><img src='plot.png'></html>")
+    (folder / "plot.png").write_bytes(b"\x89PNG\r\n")
+    (nfhub.project_dir(config, pid) / "secret.txt").write_text("elsewhere")
+    r = client.post(f"/api/projects/{pid}/view-link", json={"path": "results/multiqc/report.html"}, headers=alice)
+    assert r.status_code == 200, r.text
+    url = r.json()["url"]
+    page = client.get(url)  # no token: the ticket in the URL is the credential
+    assert page.status_code == 200 and "<script>" in page.text
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-disposition"] == "inline"
+    csp = page.headers["content-security-policy"]
+    assert "sandbox allow-scripts" in csp and "allow-same-origin" not in csp and "connect-src 'none'" in csp
+    base = url.rsplit("/", 1)[0]
+    assert client.get(f"{base}/plot.png").content == b"\x89PNG\r\n"  # the report's own images load
+    ticket_root = url.split("/results/")[0]
+    assert client.get(f"{ticket_root}/secret.txt").status_code == 404  # outside the report's folder
+    assert client.get(f"{base}/../../secret.txt").status_code == 404
+    tampered = url.replace("/view/", "/view/x")
+    assert client.get(tampered).status_code == 404
+    other = create(client, alice, "other")["id"]
+    assert client.get(url.replace(f"/projects/{pid}/", f"/projects/{other}/")).status_code == 404
+    assert client.post(f"/api/projects/{pid}/view-link", json={"path": "results/multiqc/report.html"},
+                       headers=bob).status_code == 404
+    for bad in ({"path": "results"}, {"path": ""}, {}):
+        assert client.post(f"/api/projects/{pid}/view-link", json=bad, headers=alice).status_code == 422
+    assert client.post(f"/api/projects/{pid}/view-link", json={"path": "../x"}, headers=alice).status_code == 400
+    monkeypatch.setattr(nfhub, "VIEW_LIFETIME", -1)
+    expired = client.post(f"/api/projects/{pid}/view-link", json={"path": "results/multiqc/report.html"},
+                          headers=alice).json()["url"]
+    assert client.get(expired).status_code == 404
