@@ -1219,12 +1219,16 @@ def openapi_document(config: Config) -> dict[str, Any]:
 # ---- App assembly ------------------------------------------------------------------------------------------------
 
 
-class SecurityHeaders:
-    """Adds protective headers to every response (pure ASGI: no per-request task like BaseHTTPMiddleware)."""
+class FrontDoor:
+    """Outermost pure-ASGI layer (no per-request task like BaseHTTPMiddleware): adds protective headers to every
+    response, and takes Nextflow's weblog POSTs straight to the run manager. Nextflow waits for each answer, so that
+    lane skips routing and the other layers; a GET there, and every other path, goes through the normal routes."""
 
     # Same-origin framing only: the page shows HTML reports in a sandboxed iframe of its own.
-    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-               (b"x-frame-options", b"SAMEORIGIN")]
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"frame-ancestors 'self'"))
+    NAMES = frozenset(name for name, _ in HEADERS)
+    WEBLOG = re.compile(r"/api/projects/(\d{1,18})/nextflow-log")
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -1233,15 +1237,19 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST" and (match := self.WEBLOG.fullmatch(scope["path"])):
+            scope["path_params"] = {"id": int(match[1])}
+            try:
+                await scope["app"].state.runs.ingest(scope, receive, send)
+            except APIError as exc:
+                await error_response(exc.status, exc.message, exc.details)(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {k.lower() for k, _ in headers}
-                headers.extend(h for h in self.HEADERS if h[0] not in present)
-                if b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", b"frame-ancestors 'self'"))
-                message["headers"] = headers
+                headers = message.get("headers") or []
+                present = [name for name, _ in headers if name in self.NAMES]
+                message["headers"] = [*headers, *(h for h in self.HEADERS if h[0] not in present)]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -1332,7 +1340,7 @@ def create_app(config: Config) -> Starlette:
             await store.close()
 
     routes = [
-        # First: Nextflow waits for each answer, so its route is matched before all others.
+        # FrontDoor answers these POSTs before routing; the route is here for the other methods and the docs.
         Route("/api/projects/{id:int}/nextflow-log", _asgi_endpoint(nextflow_log), methods=["POST"]),
         Route("/", page, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
@@ -1373,7 +1381,7 @@ def create_app(config: Config) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=_error_classes())
     app.state.config = config
     app.state.catalog = catalog
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(FrontDoor)
     return app
 
 
