@@ -119,21 +119,68 @@ def upsert_task(db: sqlite3.Connection, run_id: int, task: dict[str, Any]) -> tu
 def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, Any]:
     """Apply weblog events in one transaction, each exactly once (by journal id). Runs on the writer's thread.
 
-    Returns what changed, for the live views: {"runs": {run ids}, "tasks": {run id: {task ids}}}."""
+    The events of one task that arrive together (submitted, started, completed) become one row write, and the
+    counters one UPDATE per run. Returns what changed, for the live views: {"runs": {ids}, "tasks": {run: {ids}}}."""
     changed: dict[str, Any] = {"runs": set(), "tasks": {}}
     run_ids = tuple({item[1] for item in batch})
-    marks = ", ".join("?" for _ in run_ids)
-    known = {r["id"] for r in db.execute(f"SELECT id FROM runs WHERE id IN ({marks})", run_ids).fetchall()}
+    known = {r["id"] for r in db.execute(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(run_ids))})",
+                                         run_ids).fetchall()}
+    jids = [item[0] for item in batch]
+    seen: set[str] = set()
+    for i in range(0, len(jids), 900):  # SQLite's bound-parameter limit
+        part = jids[i:i + 900]
+        seen.update(r["jid"] for r in db.execute(f"SELECT jid FROM events WHERE jid IN ({', '.join('?' * len(part))})",
+                                                   part).fetchall())
+    fresh = [item for item in batch if item[1] in known and item[0] not in seen]  # a replay finds some applied
+    # Task events live on as task rows; keeping their 1-2 KB bodies too would triple the cost of each event.
+    db.executemany("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at) VALUES (?, ?, ?, ?, ?)",
+                   [(jid, run_id, kind, "" if kind in TASK_EVENTS else body.decode("utf-8", "replace"), received)
+                    for jid, run_id, kind, _, body, received in fresh])
+    tasks: dict[tuple[int, int], dict[str, Any]] = {}  # (run, task) -> {"was": status in the db, "row": merged}
     counters: dict[int, list[int]] = {}  # run id -> [submitted, completed, failed] added by this batch
-    for jid, run_id, kind, event, body, received in batch:
-        if run_id not in known:
-            continue  # its project was deleted meanwhile
-        # Task events live on as task rows; keeping their 1-2 KB bodies too would triple the cost of each event.
-        raw = "" if kind in TASK_EVENTS else body.decode("utf-8", "replace")
-        cur = db.execute("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at) VALUES (?, ?, ?, ?, ?)",
-                         (jid, run_id, kind, raw, received))
-        if cur.rowcount:
-            _apply_event(db, run_id, kind, event, changed, counters.setdefault(run_id, [0, 0, 0]))
+    for _, run_id, kind, event, _, _ in fresh:
+        if kind in TASK_EVENTS or (kind == "error" and event.get("trace")):
+            try:
+                task = nfhub_worker.task_from_weblog(event.get("trace"))  # type: ignore[arg-type]
+            except ValueError:
+                continue
+            if kind == "error" or (task["status"] == "FAILED"
+                                   and task.get("error_action") in (None, "TERMINATE", "FINISH")):
+                # The task that made the run fail (errorStrategy 'finish' sends its trace with the error event).
+                db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?", (task["name"], run_id))
+                changed["runs"].add(run_id)
+                if kind == "error":
+                    continue
+            key = (run_id, task["task_id"])
+            state = tasks.get(key)
+            if state is None:
+                found = db.execute("SELECT status FROM tasks WHERE run_id = ? AND task_id = ?", key).fetchone()
+                state = tasks[key] = {"was": found["status"] if found else None, "row": None}
+            current = state["row"]["status"] if state["row"] else state["was"]
+            status = task["status"] or "NEW"
+            if current is not None and _TASK_RANK.get(status, 0) < _TASK_RANK.get(current, 0):
+                continue  # a late or repeated event never moves a task back
+            counts = counters.setdefault(run_id, [0, 0, 0])
+            if current is None:
+                counts[0] += 1
+            if kind == "process_completed" and current not in TERMINAL_TASK_STATES:
+                counts[1] += 1
+                counts[2] += status == "FAILED"
+            row = state["row"] or {}
+            row.update({k: v for k, v in task.items() if v is not None})
+            row["status"] = status
+            state["row"] = row
+            changed["tasks"].setdefault(run_id, set()).add(task["task_id"])
+        else:
+            _apply_run_event(db, run_id, kind, event, changed)
+    rows = []
+    for (run_id, task_id), state in tasks.items():
+        if state["row"]:
+            row = state["row"]
+            native = row.get("native_id")
+            rows.append((run_id, task_id, *(str(native) if c == "native_id" and native is not None else row.get(c)
+                                           for c in TASK_COLUMNS)))
+    db.executemany(_TASK_UPSERT, rows)
     for run_id, (submitted, completed, failed) in counters.items():
         if submitted or completed or failed:
             db.execute("UPDATE runs SET submitted_processes = submitted_processes + ?, completed_processes ="
@@ -143,30 +190,9 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
     return changed
 
 
-def _apply_event(db: sqlite3.Connection, run_id: int, kind: str, body: dict[str, Any], changed: dict[str, Any],
-                 counts: list[int]) -> None:
-    if kind in TASK_EVENTS or (kind == "error" and body.get("trace")):
-        try:
-            task = nfhub_worker.task_from_weblog(body.get("trace"))  # type: ignore[arg-type]
-        except ValueError:
-            return
-        failing = task["status"] == "FAILED" and task.get("error_action") in (None, "TERMINATE", "FINISH")
-        if kind == "error" or failing:
-            # The task that made the run fail (errorStrategy 'finish' sends its trace with the error event).
-            db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?", (task["name"], run_id))
-            changed["runs"].add(run_id)
-            if kind == "error":
-                return
-        previous, did = upsert_task(db, run_id, task)
-        if not did:
-            return
-        if previous is None:
-            counts[0] += 1
-        if kind == "process_completed" and previous not in TERMINAL_TASK_STATES:
-            counts[1] += 1
-            counts[2] += task["status"] == "FAILED"
-        changed["tasks"].setdefault(run_id, set()).add(task["task_id"])
-    elif kind == "started":
+def _apply_run_event(db: sqlite3.Connection, run_id: int, kind: str, body: dict[str, Any],
+                     changed: dict[str, Any]) -> None:
+    if kind == "started":
         summary = nfhub_worker.workflow_summary(body.get("metadata") or {})
         db.execute("UPDATE runs SET status = CASE WHEN status IN ('queued', 'starting') THEN 'running' ELSE status END,"
                    " started_at = COALESCE(started_at, ?), session_id = COALESCE(session_id, ?) WHERE id = ?",

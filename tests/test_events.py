@@ -1,0 +1,95 @@
+"""Applying weblog events to the database: merged per task, counted once, replay-safe."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import nfhub
+import nfhub_runs
+
+
+def _db(tmp_path: Path) -> sqlite3.Connection:
+    path = tmp_path / "db.sqlite"
+    nfhub.migrate(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = nfhub._row_dict
+    conn.execute("INSERT INTO users (name, created_at) VALUES ('u', 'now')")
+    conn.execute("INSERT INTO projects (owner_id, name, created_at, updated_at) VALUES (1, 'p', 'now', 'now')")
+    conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
+                 " VALUES (1, 1, 'running', 'hello', 'nfhub-1-x', 'x', 'now')")
+    return conn
+
+
+def _event(jid: str, kind: str, task_id: int, status: str, **extra: object) -> nfhub_runs.Journaled:
+    trace = {"task_id": task_id, "status": status, "name": f"T ({task_id})", "hash": "ab/cdef12",
+             "exit": 2147483647, "submit": 1_700_000_000_000, "start": 0, "process": "T", **extra}
+    body = {"runName": "nfhub-1-x", "runId": "u", "event": kind, "utcTime": "2026-01-01T00:00:00Z", "trace": trace}
+    return (jid, 1, kind, body, json.dumps(body).encode(), 1.0)
+
+
+def _apply(conn: sqlite3.Connection, batch: list) -> dict:
+    conn.execute("BEGIN IMMEDIATE")
+    changed = nfhub_runs.apply_events(conn, batch)
+    conn.execute("COMMIT")
+    return changed
+
+
+def _run(conn: sqlite3.Connection) -> dict:
+    return conn.execute("SELECT submitted_processes, completed_processes, failed_processes, failed_task"
+                        " FROM runs WHERE id = 1").fetchone()
+
+
+def test_events_merge_per_task_and_count_once(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    first = [
+        _event("a1", "process_submitted", 1, "SUBMITTED"),
+        _event("a2", "process_started", 1, "RUNNING", start=1_700_000_000_100),
+        _event("a3", "process_completed", 1, "COMPLETED", exit=0, complete=1_700_000_001_000, duration=1000,
+               realtime=900, **{"%cpu": 97.5, "peak_rss": 1024}),
+        _event("a4", "process_submitted", 2, "SUBMITTED"),
+    ]
+    changed = _apply(conn, first)
+    assert changed["tasks"] == {1: {1, 2}} and changed["runs"] == {1}
+    assert _run(conn) == {"submitted_processes": 2, "completed_processes": 1, "failed_processes": 0,
+                          "failed_task": None}
+    task = conn.execute("SELECT * FROM tasks WHERE task_id = 1").fetchone()
+    assert (task["status"], task["exit"], task["start"], task["duration"], task["cpu_percent"], task["peak_rss"]) == (
+        "COMPLETED", 0, 1_700_000_000_100, 1000, 97.5, 1024)
+
+    second = [
+        _event("b1", "process_completed", 1, "COMPLETED", exit=0),  # Nextflow repeated itself
+        _event("b2", "process_completed", 2, "FAILED", exit=3, error_action="TERMINATE"),
+        _event("b3", "process_started", 2, "RUNNING", start=5),  # late: never moves a task back
+        _event("b4", "process_completed", 3, "ABORTED"),  # aborted before it was ever reported
+    ]
+    _apply(conn, second)
+    assert _run(conn) == {"submitted_processes": 3, "completed_processes": 3, "failed_processes": 1,
+                          "failed_task": "T (2)"}
+    statuses = {r["task_id"]: r["status"] for r in conn.execute("SELECT task_id, status FROM tasks")}
+    assert statuses == {1: "COMPLETED", 2: "FAILED", 3: "ABORTED"}
+
+    # A journal replay brings back events that were applied already: nothing changes.
+    before = (conn.execute("SELECT count(*) AS n FROM events").fetchone(), _run(conn))
+    assert _apply(conn, first + second) == {"runs": set(), "tasks": {}}
+    assert (conn.execute("SELECT count(*) AS n FROM events").fetchone(), _run(conn)) == before
+
+
+def test_events_of_a_deleted_run_are_dropped(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    event = _event("c1", "process_submitted", 1, "SUBMITTED")
+    _apply(conn, [(event[0], 99, *event[2:])])
+    assert conn.execute("SELECT count(*) AS n FROM events").fetchone()["n"] == 0
+
+
+def test_run_level_events_keep_their_body(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    body = {"runName": "nfhub-1-x", "runId": "9b4c", "event": "started", "utcTime": "x",
+            "metadata": {"parameters": {}, "workflow": {"sessionId": "9b4c", "runName": "nfhub-1-x"}}}
+    _apply(conn, [("d1", 1, "started", body, json.dumps(body).encode(), 1.0),
+                  _event("d2", "process_submitted", 1, "SUBMITTED")])
+    rows = {r["event"]: r["body"] for r in conn.execute("SELECT event, body FROM events")}
+    assert json.loads(rows["started"])["runId"] == "9b4c" and rows["process_submitted"] == ""
+    run = conn.execute("SELECT status, session_id FROM runs WHERE id = 1").fetchone()
+    assert run == {"status": "running", "session_id": "9b4c"}
