@@ -358,8 +358,10 @@ async def nextflow_log(scope: Scope, receive: Receive, send: Send) -> None:
     await scope["app"].state.runs.ingest(scope, receive, send)
 
 
-_EMPTY_200 = {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]}
-_EMPTY_BODY = {"type": "http.response.body", "body": b""}
+# The seed API's answer to Nextflow: the JSON string "" (Nextflow ignores the body; any 2xx is success).
+_EMPTY_200 = {"type": "http.response.start", "status": 200,
+              "headers": [(b"content-length", b"2"), (b"content-type", b"application/json")]}
+_EMPTY_BODY = {"type": "http.response.body", "body": b'""'}
 
 
 async def finished(request: Request) -> Response:
