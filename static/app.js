@@ -1,4 +1,5 @@
 // nfhub page: start-up, login, the top bar and the router (#/…). No build step: plain ES modules.
+import { TokensView, accountMenu } from "./account.js";
 import { ApiError, api, clearToken, friendlyError, getToken, setToken } from "./api.js";
 import { ProjectView } from "./project.js";
 import { ProjectsView } from "./projects.js";
@@ -143,12 +144,15 @@ async function logout() {
 
 // ---- top bar ----------------------------------------------------------------------------------------------------
 
+function loggedOutEverywhere() {
+  clearToken();
+  location.hash = "#/";
+  showLogin("You have logged out everywhere: all your sessions and personal API tokens have ended.", "info");
+}
+
 function renderUserMenu(user) {
-  const name = user.display_name || user.name;
   replace(userMenu,
-    h("span", { class: "user-chip", title: user.email || user.name },
-      h("span", { class: "avatar", "aria-hidden": "true" }, (name || "?").slice(0, 1).toUpperCase()),
-      h("span", { class: "user-name" }, name), user.is_admin ? h("span", { class: "badge badge-info" }, "admin") : null),
+    accountMenu(user, { logoutAll: loggedOutEverywhere }),
     button("Log out", { kind: "ghost", iconName: "logout", size: "sm", onclick: logout, class: "btn btn-ghost btn-sm" }));
 }
 
@@ -171,6 +175,7 @@ function parseRoute() {
     if (tab === "runs") return { name: "project", id, tab, runId: parts[3] ? Number(parts[3]) : null };
     return { name: "project", id, tab: "files", dir: "" };
   }
+  if (parts[0] === "tokens") return { name: "tokens" };
   return { name: "projects" };
 }
 
@@ -190,6 +195,8 @@ function route() {
   if (r.name === "project") {
     state.view = new ProjectView(main, r.id);
     state.view.show(r);
+  } else if (r.name === "tokens") {
+    state.view = new TokensView(main);
   } else {
     state.view = new ProjectsView(main);
   }

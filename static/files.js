@@ -414,8 +414,8 @@ export class FilesTab {
     this.overlay = h("div", { class: "drop-overlay", "aria-hidden": "true" },
       h("div", { class: "drop-overlay-inner" }, icon("upload"), h("p", {}, "Drop files or folders to upload them here")));
     this.drop = h("div", { class: "dropzone card" }, toolbar, this.listing, this.overlay,
-      write ? h("p", { class: "drop-hint muted small" }, "Tip: drag files or whole folders from your computer onto this panel.")
-        : null);
+      h("p", { class: "drop-hint muted small" }, write ? "Tip: drag files or whole folders from your computer onto this panel."
+        : `You have ${this.view.project.access} access: you can open and download these files, but not change them.`));
     replace(this.panel, this.fileInput, this.folderInput, this.uploadsBox, this.drop);
     if (write) this.enableDrop();
     this.renderUploads();

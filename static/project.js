@@ -4,6 +4,7 @@ import { FilesTab, Uploads } from "./files.js";
 import { PipelineTab } from "./pipeline.js";
 import { deleteProject, renameProject } from "./projects.js";
 import { RunsTab } from "./runs.js";
+import { shareDialog } from "./share.js";
 import { ACTIVE, button, confirmDialog, emptyState, fmtDuration, h, progressBar, replace, runDuration, statusBadge,
   tablistKeys, toast } from "./ui.js";
 
@@ -70,6 +71,9 @@ export class ProjectView {
       : h("span", { class: "badge badge-none", title: `owned by ${p.owner}` }, `${p.access} access · ${p.owner}`);
     this.renameBtn = button("Rename", { iconName: "edit", size: "sm", disabled: !this.canWrite,
       onclick: () => renameProject(this.project, (name) => this.renamed(name)) });
+    // Sharing is for the owner (or an admin); people it is shared with see their access level in the badge instead.
+    this.shareBtn = ["owner", "admin"].includes(p.access) ? button("Share", { iconName: "share", size: "sm",
+      onclick: () => shareDialog(this.project) }) : null;
     this.deleteBtn = button("Delete", { kind: "danger-ghost", iconName: "trash", size: "sm",
       disabled: !["owner", "admin"].includes(p.access),
       onclick: () => deleteProject(this.project, () => { location.hash = "#/"; }) });
@@ -106,7 +110,7 @@ export class ProjectView {
       h("nav", { class: "breadcrumb", "aria-label": "Breadcrumb" }, h("a", { href: "#/" }, "Projects"),
         h("span", { class: "sep", "aria-hidden": "true" }, "/"), h("span", { "aria-current": "page" }, p.name)),
       h("div", { class: "page-head" }, h("div", { class: "page-head-title" }, this.titleEl, access),
-        h("div", { class: "page-actions" }, this.renameBtn, this.deleteBtn)),
+        h("div", { class: "page-actions" }, this.shareBtn, this.renameBtn, this.deleteBtn)),
       runbar, tablist, this.panel);
     this.updateRunbar();
   }

@@ -63,6 +63,11 @@ const ICONS = {
   check: "M5 12l5 5 9-10",
   folderPlus: "M3 7a2 2 0 0 1 2-2h4l2 2h8a2 2 0 0 1 2 2v8a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2zM12 10v6M9 13h6",
   folderUp: "M3 7a2 2 0 0 1 2-2h4l2 2h8a2 2 0 0 1 2 2v8a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2zM12 16v-6M9 13l3-3 3 3",
+  share: "M9 11a3.5 3.5 0 1 0 0-7 3.5 3.5 0 0 0 0 7zM3 20a6 6 0 0 1 12 0M16 4.5a3.5 3.5 0 0 1 0 6.5M18 14.5a6 6 0 0 1 3 5.5",
+  key: "M15 4a5 5 0 1 1-4.6 7L4 17.4V20h3v-2h2v-2h2l1.4-1.4A5 5 0 0 1 15 4zM16 8.5h.01",
+  lock: "M6 11h12v9H6zM8.5 11V8a3.5 3.5 0 0 1 7 0v3M12 15v2",
+  copy: "M9 9h10v11H9zM5 15V5a1 1 0 0 1 1-1h9",
+  chevronDown: "M6 9l6 6 6-6",
 };
 
 export function icon(name, label) {
@@ -333,6 +338,31 @@ export function promptDialog({ title, label, value = "", confirmLabel = "Save", 
       input.select();
     });
   }, { label: title });
+}
+
+/** A labelled field whose hint and error line are tied to the control (aria-describedby); setError(text) marks it. */
+export function formField(label, control, { hint } = {}) {
+  if (!control.id) control.id = `field-${Math.random().toString(36).slice(2)}`;
+  const hintEl = hint ? h("p", { id: `${control.id}-hint`, class: "field-desc" }, hint) : null;
+  const errorEl = h("p", { id: `${control.id}-error`, class: "field-error", "aria-live": "polite" });
+  control.setAttribute("aria-describedby", [hintEl && hintEl.id, errorEl.id].filter(Boolean).join(" "));
+  const el = h("div", { class: "field" }, h("label", { class: "label", for: control.id }, label), control, hintEl, errorEl);
+  return {
+    el,
+    control,
+    setError(message) {
+      errorEl.textContent = message || "";
+      if (message) control.setAttribute("aria-invalid", "true");
+      else control.removeAttribute("aria-invalid");
+    },
+  };
+}
+
+/** A server message as a sentence: "no user named 'x'" → "No user named 'x'." */
+export function sentence(text) {
+  const s = String(text || "").trim();
+  if (!s) return s;
+  return s[0].toUpperCase() + s.slice(1) + (/[.!?]$/.test(s) ? "" : ".");
 }
 
 /** Hidden text for screen readers. */

@@ -2,7 +2,9 @@
 
 The whole journey of a new user (log in from the printed URL, create a project, upload, pick the demo pipeline, fill
 the form including a rejected value, run, watch the bar reach 100 %, tasks, log, download a result, cancel a slow
-run), plus local login and logout, resumable uploads and upload limits, failed runs, previews, narrow windows.
+run), plus local login and logout, resumable uploads and upload limits, failed runs, previews, narrow windows, and the
+account screens: sharing a project between two browsers, personal API tokens, changing the password, logging out
+everywhere.
 
 Chromium comes from apt (`/usr/bin/chromium`); without it these tests are skipped with a reason, unless
 NFHUB_REQUIRE_BROWSER=1 (CI), which turns the skip into a failure. Screenshots of the main screens are written to
@@ -18,6 +20,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -346,7 +349,8 @@ def test_whole_journey(session: Callable[..., Session], server: LiveServer, make
         page.get_by_role("link", name="Download Grace.txt").click()
     assert info.value.suggested_filename == "Grace.txt"
     assert Path(info.value.path()).read_text() == "Hi, Grace!\n"
-    assert "token=" not in (page.get_by_role("link", name="Download Grace.txt").get_attribute("href") or "")
+    # The token was in the address only for the click: the link goes back to a plain one right after.
+    expect(page.get_by_role("link", name="Download Grace.txt")).not_to_have_attribute("href", re.compile("token="))
     with page.expect_download() as info:
         page.get_by_role("link", name="Download folder").click()
     assert info.value.suggested_filename == "hello.zip"
@@ -637,6 +641,288 @@ def test_form_has_a_control_for_every_argument_type(session: Callable[..., Sessi
     assert not accessible_names_missing(page)
 
 
+# ---- sharing, API tokens, password, log out everywhere ---------------------------------------------------------------
+
+
+def _set_user(server: LiveServer, name: str, **columns: str) -> None:
+    """Give a test user an e-mail address or another provider (make_user creates bare local accounts)."""
+    conn = nfhub._open_sync(server.config)
+    try:
+        for column, value in columns.items():
+            assert column in ("email", "provider")
+            conn.execute(f"UPDATE users SET {column} = ? WHERE name = ?", (value, name))
+    finally:
+        conn.close()
+
+
+def _no_sideways_scroll(page: Page) -> None:
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def _shares(server: LiveServer, token: str, pid: int) -> dict[str, str]:
+    r = server.http.get(f"/api/projects/{pid}/shares", headers={"x-access-token": token})
+    return {row["user"]: row["access"] for row in r.json()["shares"]}
+
+
+def test_sharing_read_then_write_then_removed(session: Callable[..., Session], server: LiveServer,
+                                              make_user) -> None:
+    owner = make_user("olivia")
+    sam = make_user("sam")
+    make_user("priya")
+    _set_user(server, "sam", email="sam@lab.example.org")
+    _set_user(server, "priya", email="priya@lab.example.org")
+    pid = _project_with(server, owner, "hello", {"input": "names.txt"}, {"names.txt": b"Ada\n"}, "Shared RNA")
+    r = server.http.post(f"/api/projects/{pid}/share", json={"user": "priya", "access": "write"},
+                         headers={"x-access-token": owner})
+    assert r.status_code == 200, r.text
+
+    # The owner opens the sharing dialog: the owner and the current shares are listed.
+    s = session()
+    page = login(s, owner)
+    page.get_by_role("link", name="Shared RNA").click()
+    page.get_by_role("button", name="Share").click()
+    dialog = page.get_by_role("dialog", name="Share Shared RNA")
+    shares = dialog.get_by_role("list", name="People with access")
+    expect(shares.locator("li[data-user=olivia]")).to_contain_text("owner")
+    expect(dialog.get_by_label("Access for priya")).to_have_value("write")
+    expect(dialog.get_by_label("User name or e-mail")).to_be_focused()
+
+    # An unknown user is refused next to the field; nothing is shared.
+    dialog.get_by_label("User name or e-mail").fill("nobody")
+    dialog.get_by_role("button", name="Share", exact=True).click()
+    expect(page.locator("#share-user-error")).to_have_text("No user named 'nobody'.")
+    expect(dialog.get_by_label("User name or e-mail")).to_have_attribute("aria-invalid", "true")
+    assert _shares(server, owner, pid) == {"priya": "write"}
+
+    # Shared by e-mail address, read access.
+    dialog.get_by_label("User name or e-mail").fill("sam@lab.example.org")
+    dialog.get_by_label("Access", exact=True).select_option("read")
+    dialog.get_by_role("button", name="Share", exact=True).click()
+    expect(dialog.get_by_label("Access for sam")).to_have_value("read")
+    expect(shares.locator("li[data-user=sam]")).to_contain_text("sam@lab.example.org")
+    expect(dialog.get_by_label("User name or e-mail")).to_have_value("")
+    expect(dialog.get_by_label("User name or e-mail")).not_to_have_attribute("aria-invalid", "true")
+    assert _shares(server, owner, pid) == {"priya": "write", "sam": "read"}
+    assert not accessible_names_missing(page)
+    s.shot("share")
+
+    # Sam, in a browser of their own: the project is listed with sam's access; it can be read, not changed.
+    s2 = session()
+    page2 = login(s2, sam)
+    row = page2.locator(f"tr[data-project-id='{pid}']")
+    expect(row).to_contain_text("shared · read")
+    expect(row.get_by_role("button", name="Rename Shared RNA")).to_be_disabled()
+    expect(row.get_by_role("button", name="Delete Shared RNA")).to_be_disabled()
+    row.get_by_role("link", name="Shared RNA").click()
+    expect(page2.locator(".page-head .badge")).to_have_text("read access · olivia")
+    expect(page2.get_by_role("button", name="Share")).to_have_count(0)
+    expect(page2.locator(".page-actions").get_by_role("button", name="Rename")).to_be_disabled()
+    expect(page2.locator(".page-actions").get_by_role("button", name="Delete")).to_be_disabled()
+    expect(page2.get_by_role("button", name="Upload files")).to_have_count(0)
+    expect(page2.get_by_text("You have read access: you can open and download these files")).to_be_visible()
+    expect(page2.locator("tr[data-name='names.txt']")).to_be_visible()
+    expect(page2.locator(".runbar").get_by_role("button", name="Run pipeline")).to_be_disabled()
+    # Anything that slips past the disabled controls is refused by the server, and the page says why.
+    refused = page2.evaluate(f"""async () => {{ const m = await import('/static/api.js');
+        try {{ await m.api('/api/projects/{pid}/update', {{method: 'POST', json: {{name: 'mine now'}}}}); return 'ok'; }}
+        catch (e) {{ return m.friendlyError(e); }} }}""")
+    assert refused == "Not allowed: you have read access to this project; this needs write access", refused
+
+    # The owner upgrades sam to write access; after a reload sam can upload.
+    dialog.get_by_label("Access for sam").select_option("write")
+    expect(dialog.get_by_role("status")).to_have_text("sam now has write access.")
+    assert _shares(server, owner, pid) == {"priya": "write", "sam": "write"}
+    page2.reload()
+    expect(page2.locator(".page-head .badge")).to_have_text("write access · olivia")
+    upload(page2, [{"name": "from-sam.txt", "mimeType": "text/plain", "buffer": b"hello from sam\n"}])
+    expect(page2.locator(".upload-item[data-path='from-sam.txt']")).to_have_attribute("data-state", "done")
+    assert (project_dir(server, pid) / "from-sam.txt").read_bytes() == b"hello from sam\n"
+    expect(page2.get_by_role("button", name="Share")).to_have_count(0)  # write access does not share
+    expect(page2.locator(".page-actions").get_by_role("button", name="Delete")).to_be_disabled()
+
+    # The owner removes sam: gone from the dialog, from sam's list, and sam's link no longer opens it.
+    shares.get_by_role("button", name="Remove sam").click()
+    expect(shares.locator("li[data-user=sam]")).to_have_count(0)
+    expect(dialog.get_by_role("status")).to_have_text("sam no longer has access.")
+    assert _shares(server, owner, pid) == {"priya": "write"}
+    page2.get_by_role("link", name="Projects", exact=True).click()
+    expect(page2.get_by_text("No projects yet")).to_be_visible()
+    page2.goto(f"/#/p/{pid}/files")
+    expect(page2.get_by_text("Project not found")).to_be_visible()
+    dialog.get_by_role("button", name="Done").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+
+    # The same dialog in a narrow window.
+    s3 = session(width=390, height=844)
+    page3 = login(s3, owner)
+    page3.goto(f"/#/p/{pid}/files")
+    page3.get_by_role("button", name="Share").click()
+    expect(page3.get_by_role("dialog").get_by_label("Access for priya")).to_be_visible()
+    _no_sideways_scroll(page3)
+    s3.shot("narrow-share")
+
+
+@pytest.fixture
+def tokens_up_to_90_days(catalog: Path, live_settings: dict) -> None:
+    live_settings["max_token_lifetime"] = "90d"
+
+
+def test_api_tokens_created_shown_once_and_revoked(tokens_up_to_90_days: None, session: Callable[..., Session],
+                                                   server: LiveServer, make_user) -> None:
+    token = make_user("tina")
+    _set_user(server, "tina", provider="openid:institute", email="tina@lab.example.org")
+    s = session()
+    s.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = login(s, token)
+
+    # The account menu opens from the user name, by mouse or keyboard; no password to change for an OpenID account.
+    menu_button = page.get_by_role("button", name="tina: account menu")
+    menu_button.focus()
+    page.keyboard.press("ArrowDown")
+    menu = page.get_by_role("menu")
+    expect(menu.get_by_role("menuitem", name="API tokens")).to_be_focused()
+    expect(page.locator(".account-menu .menu-who")).to_contain_text("tina@lab.example.org")
+    expect(menu.get_by_role("menuitem", name="Change password…")).to_have_count(0)
+    page.keyboard.press("ArrowUp")
+    expect(menu.get_by_role("menuitem", name="Log out everywhere…")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(menu).to_be_hidden()
+    expect(menu_button).to_be_focused()
+    menu_button.click()
+    menu.get_by_role("menuitem", name="API tokens").click()
+    expect(page).to_have_url(re.compile(r"#/tokens$"))
+    expect(page.get_by_role("heading", name="API tokens", level=1)).to_be_visible()
+    expect(page.get_by_text("No tokens yet")).to_be_visible()
+
+    # A name is needed; then the token is created and shown once, with a warning and a copy button.
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#token-name-error")).to_have_text("Give the token a name.")
+    page.get_by_label("Name", exact=True).fill("cluster sync")
+    page.get_by_label("Expires after").select_option("90d")
+    page.get_by_role("button", name="Create token").click()
+    reveal = page.locator(".token-reveal")
+    expect(reveal).to_contain_text("Copy your new token “cluster sync” now")
+    expect(reveal).to_contain_text("This is the only time it is shown")
+    secret = page.get_by_role("textbox", name="Your new token").input_value()
+    reveal.get_by_role("button", name="Copy").click()
+    expect(reveal.get_by_role("status")).to_have_text("Copied to the clipboard.")
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    me = server.http.get("/api/users/me", headers={"x-access-token": secret})
+    assert me.status_code == 200 and me.json()["user"]["name"] == "tina"
+    listed = server.http.get("/api/users/tokens", headers={"x-access-token": token}).json()["tokens"]
+    assert [t["name"] for t in listed] == ["cluster sync"]
+    expires = datetime.fromisoformat(listed[0]["expires_at"].replace("Z", "+00:00"))
+    assert abs((expires - datetime.now(UTC)).total_seconds() - 90 * 86400) < 600
+    row = page.locator(f"tr[data-token-id='{listed[0]['id']}']")
+    expect(row).to_have_attribute("data-state", "active")
+    assert not accessible_names_missing(page)
+    s.shot("tokens")
+
+    # Dismissed, the secret is nowhere in the page any more, nor in the browser's storage.
+    reveal.get_by_role("button", name="I have copied it").click()
+    expect(reveal).to_have_count(0)
+    assert secret not in page.content()
+    assert secret not in page.evaluate("JSON.stringify(Object.assign({}, localStorage, sessionStorage))")
+
+    # Revoked from the page (after a confirmation): the API refuses it from then on.
+    row.get_by_role("button", name="Revoke cluster sync").click()
+    page.get_by_role("dialog").get_by_role("button", name="Revoke token").click()
+    expect(row).to_have_attribute("data-state", "revoked")
+    expect(row.get_by_role("button", name="Revoke cluster sync")).to_have_count(0)
+    assert server.http.get("/api/users/me", headers={"x-access-token": secret}).status_code == 401
+
+    # A lifetime longer than this server allows (max_token_lifetime: 90d here) is refused next to its field.
+    page.get_by_label("Name", exact=True).fill("forever")
+    page.get_by_label("Expires after").select_option(label="1 year")
+    page.get_by_role("button", name="Create token").click()
+    expect(page.locator("#token-lifetime-error")).to_have_text("Lifetime is longer than the allowed 90d.")
+    expect(page.get_by_label("Expires after")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator(".token-reveal")).to_have_count(0)
+
+    # The tokens page in a narrow window, with a fresh token on show.
+    s2 = session(width=390, height=844)
+    page2 = login(s2, token)
+    page2.goto("/#/tokens")
+    page2.get_by_label("Name", exact=True).fill("laptop backup")
+    page2.get_by_role("button", name="Create token").click()
+    expect(page2.locator(".token-reveal")).to_be_visible()
+    expect(page2.locator(".table-tokens tbody tr")).to_have_count(2)
+    _no_sideways_scroll(page2)
+    assert page2.locator(".table-tokens").evaluate(
+        "t => t.parentElement.scrollWidth <= t.parentElement.clientWidth + 1")  # the table fits its card
+    assert not accessible_names_missing(page2)
+    s2.shot("narrow-tokens", full_page=True)
+
+
+def test_change_password_then_log_out_everywhere(session: Callable[..., Session], server: LiveServer,
+                                                 make_user) -> None:
+    make_user("uma", password="first password")
+    s = session()
+    page = s.page
+    page.goto("/")
+    page.get_by_label("Username").fill("uma")
+    page.get_by_label("Password").fill("first password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Projects")).to_be_visible()
+
+    page.get_by_role("button", name="uma: account menu").click()
+    expect(page.get_by_role("menuitem", name="API tokens")).to_be_focused()
+    s.shot("account-menu")
+    page.get_by_role("menuitem", name="Change password…").click()
+    dialog = page.get_by_role("dialog", name="Change password")
+    expect(dialog.get_by_label("Current password")).to_be_focused()
+    # Checked in the page first: length and the repetition; then by the server: the current password.
+    dialog.get_by_label("Current password").fill("first password")
+    dialog.get_by_label("New password", exact=True).fill("short")
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_text("Use at least 8 characters.")).to_be_visible()
+    expect(dialog.get_by_label("New password", exact=True)).to_have_attribute("aria-invalid", "true")
+    dialog.get_by_label("New password", exact=True).fill("second password")
+    dialog.get_by_label("Repeat the new password").fill("second passwort")
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_text("The two new passwords are not the same.")).to_be_visible()
+    dialog.get_by_label("Repeat the new password").fill("second password")
+    dialog.get_by_label("Current password").fill("not my password")
+    dialog.get_by_role("button", name="Change password").click()
+    expect(dialog.get_by_text("The current password is wrong.")).to_be_visible()
+    expect(dialog.get_by_label("Current password")).to_have_attribute("aria-invalid", "true")
+    dialog.get_by_label("Current password").fill("first password")
+    dialog.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    expect(page.locator(".toast")).to_contain_text("Your password was changed")
+
+    # Log out; the old password no longer works, the new one does.
+    page.get_by_role("button", name="Log out", exact=True).click()
+    page.get_by_label("Username").fill("uma")
+    page.get_by_label("Password").fill("first password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#login-local-error")).to_have_text("Wrong username or password.")
+    page.get_by_label("Password").fill("second password")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Projects")).to_be_visible()
+
+    # Log out everywhere: asks first; then this session, another one and a personal token all end.
+    here = page.evaluate("localStorage.getItem('nfhub.token')")
+    elsewhere = server.http.post("/api/users/local/local/login",
+                                 json={"username": "uma", "password": "second password"}).json()["token"]
+    personal = server.http.post("/api/users/tokens", json={"name": "script", "lifetime": "1d"},
+                                headers={"x-access-token": here}).json()["token"]
+    for t in (here, elsewhere, personal):
+        assert server.http.get("/api/users/me", headers={"x-access-token": t}).status_code == 200
+    page.get_by_role("button", name="uma: account menu").click()
+    page.get_by_role("menuitem", name="Log out everywhere…").click()
+    page.get_by_role("dialog").get_by_role("button", name="Cancel").click()
+    assert server.http.get("/api/users/me", headers={"x-access-token": here}).status_code == 200
+    page.get_by_role("button", name="uma: account menu").click()
+    page.get_by_role("menuitem", name="Log out everywhere…").click()
+    page.get_by_role("dialog").get_by_role("button", name="Log out everywhere").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    expect(page.locator(".login-card [role=status]")).to_contain_text("You have logged out everywhere")
+    assert page.evaluate("localStorage.getItem('nfhub.token')") is None
+    for t in (here, elsewhere, personal):
+        assert server.http.get("/api/users/me", headers={"x-access-token": t}).status_code == 401
+
+
 # ---- narrow windows, keyboard ----------------------------------------------------------------------------------------
 
 
@@ -690,7 +976,7 @@ def test_page_is_served_with_a_strict_policy(server: LiveServer) -> None:
     html = r.text
     assert "<script>" not in html and "<style" not in html and not re.search(r"\s(on\w+|style)=", html)
     for name in ("app.js", "api.js", "ui.js", "projects.js", "project.js", "files.js", "pipeline.js", "runs.js",
-                 "style.css", "favicon.svg"):
+                 "share.js", "account.js", "style.css", "favicon.svg"):
         assert server.http.get(f"/static/{name}").status_code == 200, name
     for script in (ROOT / "static").glob("*.js"):
         text = script.read_text()
