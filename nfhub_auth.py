@@ -138,7 +138,8 @@ def _is_admin(config: nfhub.Config, row: dict[str, Any]) -> bool:
 
 def _user_json(config: nfhub.Config, row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "name": row["name"], "display_name": row["display_name"], "email": row["email"],
-            "provider": row["provider"], "is_admin": _is_admin(config, row)}
+            "provider": row["provider"], "is_admin": _is_admin(config, row),
+            "has_password": bool(row.get("password_hash"))}
 
 
 def _clean_claim(value: Any, max_length: int) -> str | None:

@@ -24,7 +24,8 @@ export function accountMenu(user, { logoutAll }) {
   const local = user.provider === "local";
   const list = h("div", { id: "account-menu", class: "menu-items", role: "menu", "aria-labelledby": trigger.id },
     item("API tokens", "key", { href: "#/tokens" }),
-    local ? item("Change password…", "lock", { onclick: () => changePassword() }) : null,
+    local ? item(user.has_password === false ? "Set a password…" : "Change password…", "lock",
+      { onclick: () => changePassword(user) }) : null,
     h("div", { class: "menu-sep", role: "separator" }),
     item("Log out everywhere…", "logout", { danger: true, onclick: () => logoutEverywhere(logoutAll) }));
   const menu = h("div", { class: "account-menu", hidden: true },
@@ -93,18 +94,18 @@ export function accountMenu(user, { logoutAll }) {
 
 // ---- change password ------------------------------------------------------------------------------------------------
 
-export function changePassword() {
+export function changePassword(user = {}) {
+  const first = user.has_password === false;  // the first admin logs in by URL and has no password yet
   return modal((dialog, close) => {
     const pw = (autocomplete) => h("input", { class: "input", type: "password", autocomplete, spellcheck: "false" });
-    const old = formField("Current password", pw("current-password"),
-      { hint: "Leave it empty only if your account has no password yet." });
+    const old = formField("Current password", pw("current-password"));
     const fresh = formField("New password", pw("new-password"), { hint: `At least ${MIN_PASSWORD} characters.` });
     const again = formField("Repeat the new password", pw("new-password"));
     const formError = h("p", { class: "field-error", role: "alert" });
     const ok = button("Change password", { kind: "primary", type: "submit" });
     const form = h("form", { class: "dialog-form", novalidate: true },
-      h("h2", { class: "dialog-title" }, "Change password"),
-      h("div", {}, old.el, fresh.el, again.el), formError,
+      h("h2", { class: "dialog-title" }, first ? "Set a password" : "Change password"),
+      h("div", {}, first ? null : old.el, fresh.el, again.el), formError,
       h("div", { class: "dialog-actions" }, button("Cancel", { onclick: () => close(false) }), ok));
     form.addEventListener("submit", async (e) => {
       e.preventDefault();

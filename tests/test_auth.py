@@ -78,7 +78,7 @@ def test_local_login_issues_working_recorded_token(client: TestClient, make_user
     me = client.get("/api/users/me", headers=bearer(token))
     assert me.status_code == 200
     assert me.json() == {"user": {"id": me.json()["user"]["id"], "name": "carol", "display_name": None,
-                                  "email": None, "provider": "local", "is_admin": False}}
+                                  "email": None, "provider": "local", "is_admin": False, "has_password": True}}
     claims = jwt.decode(token, options={"verify_signature": False})
     recorded = rows("SELECT kind, revoked_at, expires_at FROM tokens WHERE jti = ?", (claims["jti"],))
     assert [tuple(r) for r in recorded] == [("session", None, claims["exp"])]
@@ -272,6 +272,11 @@ def test_logout_all_revokes_every_token(client: TestClient, make_user, config: n
 
 
 # ---- Identity ----------------------------------------------------------------------------------------------------
+
+
+def test_me_says_when_there_is_no_password_yet(client: TestClient, make_user) -> None:
+    me = client.get("/api/users/me", headers=bearer(make_user("fresh"))).json()["user"]
+    assert me["has_password"] is False
 
 
 def test_me_requires_token(client: TestClient) -> None:

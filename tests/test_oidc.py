@@ -340,7 +340,7 @@ def test_full_login_flow_then_logout(live: str, browser: httpx.Client, config: n
 
     user = me(live, token).json()["user"]
     assert user == {"id": user["id"], "name": "ann", "display_name": "Ann Example", "email": "ann@lab.example",
-                    "provider": "openid:mock", "is_admin": False}
+                    "provider": "openid:mock", "is_admin": False, "has_password": False}
     assert [r["subject"] for r in user_rows(config, "openid:mock")] == [MOCK_USER["sub"]]
 
     r = httpx.get(f"{live}/api/users/logout", headers={"x-access-token": token})
