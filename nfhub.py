@@ -172,7 +172,7 @@ SETTINGS: dict[str, Setting] = {
     "port": Setting(int, 8000, "port to listen on"),
     "public_url": Setting(str, "", "URL users reach nfhub at (default http://<host>:<port>)"),
     "frontend_url": Setting(str, "", "where logins redirect to (default <public_url>/)"),
-    "weblog_url": Setting(str, "", "base URL Nextflow posts weblog events to (default http://127.0.0.1:<port>)"),
+    "weblog_url": Setting(str, "", "base URL Nextflow posts weblog events to (default http://<host>:<port>)"),
     "secret_key": Setting(str, "", "HS256 signing key, >= 32 bytes (default: generated into <data_dir>/secret_key)", True),
     "token_lifetime": Setting((str, int), "12h", "lifetime of login tokens (e.g. 30m, 12h, 7d)"),
     "max_token_lifetime": Setting((str, int), "365d", "longest lifetime a personal API token may have"),

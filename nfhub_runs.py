@@ -490,7 +490,15 @@ class RunManager:
         return runs_dir(self.config, run["project_id"]) / str(run["id"])
 
     def weblog_base(self) -> str:
-        return (self.config.weblog_url or f"http://127.0.0.1:{self.config.port}").rstrip("/")
+        """Where Nextflow reaches nfhub: the weblog_url setting, else the address nfhub listens on (loopback when it
+        listens on all addresses)."""
+        if self.config.weblog_url:
+            return self.config.weblog_url.rstrip("/")
+        host = self.config.host
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else "[::1]" if host == "::" else host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.config.port}"
 
     # -- lifecycle
     async def start(self, tg: anyio.abc.TaskGroup) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import nfhub
 from conftest import LiveServer, new_project, wait_done, wait_for
 
@@ -203,3 +205,15 @@ def test_bad_task_paging(server: LiveServer, token: dict) -> None:
     page = http.get(f"/api/projects/{pid}/runs/{run['id']}/tasks", params={"limit": 1, "offset": 1},
                     headers=token).json()
     assert page["total"] == 2 and len(page["tasks"]) == 1
+
+
+@pytest.mark.parametrize("host,setting,expected", [
+    ("127.0.0.1", "", "http://127.0.0.1:8123"), ("0.0.0.0", "", "http://127.0.0.1:8123"),
+    ("10.1.2.3", "", "http://10.1.2.3:8123"), ("::", "", "http://[::1]:8123"), ("::1", "", "http://[::1]:8123"),
+    ("0.0.0.0", "https://hub.example.org/", "https://hub.example.org"),
+])
+def test_weblog_url_reaches_the_listening_address(host: str, setting: str, expected: str) -> None:
+    import nfhub_runs
+
+    config = nfhub.Config(host=host, port=8123, weblog_url=setting)
+    assert nfhub_runs.RunManager(config, None, {}).weblog_base() == expected  # type: ignore[arg-type]
