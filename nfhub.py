@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import os
+import posixpath
 import re
 import secrets
 import sqlite3
@@ -1006,8 +1007,10 @@ async def view_file(request: Request) -> Response:
     if found is None or found[1] != project_id or found[3] < time.time():
         raise APIError(404, "this view link is unknown or has expired")
     user_id, _, folder, _ = found
-    rel = request.path_params["path"]
-    if folder and not (rel + "/").startswith(folder + "/"):
+    # Lexically normalised first, so that 'folder/../elsewhere' cannot leave the ticket's folder; the files' path
+    # function then applies every other rule (symlinks included).
+    rel = posixpath.normpath(request.path_params["path"])
+    if rel.startswith(("/", "../")) or rel in ("..", ".") or (folder and not rel.startswith(folder + "/")):
         raise APIError(404, "not found")
     user = await state.store.one("SELECT * FROM users WHERE id = ? AND disabled = 0", (user_id,))
     if user is None:

@@ -225,6 +225,31 @@ def test_view_links_show_reports_inline_and_sandboxed(client: TestClient, alice:
     ticket_root = url.split("/results/")[0]
     assert client.get(f"{ticket_root}/secret.txt").status_code == 404  # outside the report's folder
     assert client.get(f"{base}/../../secret.txt").status_code == 404
+    # Raw HTTP: clients normalise '..' away before sending, an attacker's does not.
+    import socket
+    import threading
+
+    import uvicorn
+
+    from conftest import free_port, wait_for
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10)
+    try:
+        for raw in (f"{base}/../../secret.txt", f"{base}/%2e%2e/%2e%2e/secret.txt", f"{base}/..%2f..%2fsecret.txt"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(f"GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 404") and b"elsewhere" not in answer, (raw, answer[:200])
+    finally:
+        server.should_exit = True
+        thread.join(10)
     tampered = url.replace("/view/", "/view/x")
     assert client.get(tampered).status_code == 404
     other = create(client, alice, "other")["id"]
