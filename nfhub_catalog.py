@@ -48,8 +48,8 @@ path, or ``outdir``. A relative static path (or path default) is placed in the p
 URLs are kept, for shared references.
 
 Entry points: ``load_catalog``, ``import_schema``, ``check_arguments`` (user values → ArgumentsError with one
-message per argument), ``build_params`` (values → params of a ``-params-file``) and ``params_json`` (params → the
-text of that file, with ``${`` neutralised).
+message per argument) and ``build_params`` (values → params of a ``-params-file``, which nfhub_worker.params_json
+writes with ``${`` neutralised).
 """
 
 from __future__ import annotations
@@ -812,7 +812,7 @@ def _admin_path(project: str, value: str) -> str:
 
 
 def build_params(pipeline: Pipeline, values: dict, project_dir: Path) -> dict:
-    """Turn checked user values into the params of Nextflow's ``-params-file`` (write it with ``params_json``).
+    """Turn checked user values into the params of Nextflow's ``-params-file`` (nfhub_worker.params_json writes it).
 
     Catalog defaults, then user values, then static arguments. Paths become absolute paths inside ``project_dir``,
     ``paths`` and multiple selections one comma-joined string, numbers and booleans keep their JSON types,
@@ -854,17 +854,3 @@ def build_params(pipeline: Pipeline, values: dict, project_dir: Path) -> dict:
             params[name] = copy.deepcopy(value)
     return params
 
-
-def params_json(params: dict) -> str:
-    """The text of the ``-params-file``: JSON in which ``${`` cannot be substituted by Nextflow.
-
-    Nextflow replaces ``${name}`` in the raw text of a params file before parsing it (baseDir, projectDir,
-    launchDir, ...; an unknown name aborts in strict mode), so a user's ``${launchDir}`` would become a server path.
-    A backslash (``\\${``) does not help: the regex runs on the raw text, where the backslash is just another JSON
-    character. Every ``$`` is therefore written as the JSON escape ``\\u0024``, which the regex cannot match and the
-    JSON parser turns back into ``$``, so the literal survives. ``$`` appears only inside JSON strings, so replacing it
-    in the serialised text is safe.
-    """
-    # ASCII only: the JVM may read the file with a non-UTF-8 default charset (Java < 18 follows the locale).
-    text = json.dumps(params, ensure_ascii=True, allow_nan=False, indent=2)
-    return text.replace("$", "\\u0024") + "\n"

@@ -134,15 +134,22 @@ def _abs(path: Path | str) -> Path:
     return Path(os.path.abspath(os.fspath(path)))
 
 
-def _params_json(params: Any) -> str:
+def params_json(params: Any) -> str:
+    """The text of the ``-params-file``: JSON in which ``${`` cannot be substituted by Nextflow.
+
+    Nextflow replaces ``${name}`` in the raw text of a params file before parsing it (baseDir, projectDir,
+    launchDir, ...; an unknown name aborts in strict mode), so a user's ``${launchDir}`` would become a server path.
+    A backslash (``\\${``) does not help: the regex runs on the raw text, where the backslash is just another JSON
+    character. Every ``$`` is therefore written as the JSON escape ``\\u0024``, which the regex cannot match and the
+    JSON parser turns back into ``$``, so the literal survives. ``$`` appears only inside JSON strings, so replacing
+    it in the serialised text is safe. ASCII only: the JVM may read the file with a non-UTF-8 default charset.
+    """
     if not isinstance(params, dict):
         raise ValueError(f"params must be a JSON object, not {type(params).__name__}")
     try:
         text = json.dumps(params, indent=2, ensure_ascii=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"params are not JSON serialisable: {exc}") from None
-    # Nextflow substitutes ${launchDir}/${projectDir}/... in the params file's raw text before parsing it
-    # (security.md §5). `$` only ever occurs inside JSON strings, and \u0024 decodes back to `$`.
     return text.replace("$", "\\u0024") + "\n"
 
 
@@ -232,7 +239,7 @@ def prepare_run(spec: LaunchSpec) -> list[str]:
 
     run_dir, launch_dir, work_dir = _abs(spec.run_dir), _abs(spec.launch_dir), _abs(spec.work_dir)
     params_file, config_file = run_dir / "params.json", run_dir / "nfhub.config"
-    params_text = _params_json(spec.params)
+    params_text = params_json(spec.params)
     config_text = _render_config(spec, run_dir / "trace.txt", plugins)
 
     for d in (launch_dir, run_dir, work_dir):

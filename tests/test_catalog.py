@@ -21,8 +21,8 @@ from nfhub_catalog import (
     check_arguments,
     import_schema,
     load_catalog,
-    params_json,
 )
+from nfhub_worker import params_json
 
 FIXTURES = Path("/work/shared/fixtures/nf-core")
 RNASEQ = FIXTURES / "rnaseq-3.24.0.nextflow_schema.json"
