@@ -446,8 +446,10 @@ async def read_json(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(body)
+        # JSON allows lone UTF-16 surrogates ("\ud800") that no UTF-8 text (a file name, the database) can hold.
+        json.dumps(data, ensure_ascii=False).encode()
     except (ValueError, RecursionError):
-        raise APIError(400, "request body is not valid JSON") from None
+        raise APIError(400, "request body is not valid JSON (or not valid Unicode)") from None
     if not isinstance(data, dict):
         raise APIError(400, "request body must be a JSON object")
     return data
@@ -711,13 +713,14 @@ class Tokens:
 
     def prune(self) -> None:
         now = time.time()
-        for jti in [j for j, exp in self.revoked.items() if exp < now]:
+        # Tokens are accepted until exp + leeway, so their revocation must be kept as long.
+        for jti in [j for j, exp in self.revoked.items() if exp + JWT_LEEWAY < now]:
             del self.revoked[jti]
 
 
 async def load_revocations(store: Store, tokens: Tokens) -> None:
     rows = await store.all("SELECT jti, expires_at FROM tokens WHERE revoked_at IS NOT NULL AND expires_at > ?",
-                           (int(time.time()),))
+                           (int(time.time()) - JWT_LEEWAY,))
     tokens.revoked.update({r["jti"]: r["expires_at"] for r in rows})
 
 
@@ -739,10 +742,14 @@ async def authenticate(request: Request, token: str | None = None) -> dict[str, 
         raise APIError(401, "invalid token: unknown or disabled user")
     if int(claims["iat"]) < user["tokens_valid_after"]:
         raise APIError(401, "token has been revoked")
-    user["is_admin"] = bool(user["is_admin"]) or user["name"] in state.config.admins or (
-        bool(user["email"]) and user["email"] in state.config.admins)
+    user["is_admin"] = is_admin(state.config, user)
     user["claims"] = claims
     return user
+
+
+def is_admin(config: Config, user: dict[str, Any]) -> bool:
+    return bool(user["is_admin"]) or user["name"] in config.admins or (
+        bool(user["email"]) and user["email"] in config.admins)
 
 
 async def create_user(store: Store, name: str, *, password: str | None = None, is_admin: bool = False,
@@ -900,6 +907,7 @@ async def projects_delete(request: Request) -> Response:
             if folder.exists():
                 os.replace(folder, trash / name)
     await anyio.to_thread.run_sync(_remove_tree, trash)
+    state.runs.broker.buffers.pop(project_id, None)  # nobody may replay its events any more
     return JSONResponse({})
 
 
@@ -961,22 +969,23 @@ def _files_handler(handler: Callable, need: str) -> Callable:
 VIEW_LIFETIME = 1800  # seconds a report view link works
 
 
-def _view_ticket(key: bytes, user_id: int, project_id: int, folder: str, exp: int) -> str:
-    payload = base64.urlsafe_b64encode(json.dumps([user_id, project_id, folder, exp]).encode()).rstrip(b"=")
+def _view_ticket(key: bytes, user_id: int, project_id: int, folder: str, exp: int, jti: str, iat: int) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps([user_id, project_id, folder, exp, jti, iat]).encode()).rstrip(b"=")
     sig = hmac.new(key + b"/view", payload, hashlib.sha256).digest()[:18]
     return payload.decode() + "." + base64.urlsafe_b64encode(sig).decode()
 
 
-def _read_view_ticket(key: bytes, ticket: str) -> tuple[int, int, str, int] | None:
+def _read_view_ticket(key: bytes, ticket: str) -> tuple[int, int, str, int, str, int] | None:
     payload, _, sig = ticket.partition(".")
     expected = base64.urlsafe_b64encode(hmac.new(key + b"/view", payload.encode(), hashlib.sha256).digest()[:18])
     if not hmac.compare_digest(expected, sig.encode()):
         return None
     try:
-        user_id, project_id, folder, exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        user_id, project_id, folder, exp, jti, iat = json.loads(
+            base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, TypeError):
         return None
-    return int(user_id), int(project_id), str(folder), int(exp)
+    return int(user_id), int(project_id), str(folder), int(exp), str(jti), int(iat)
 
 
 async def view_link(request: Request) -> Response:
@@ -994,7 +1003,8 @@ async def view_link(request: Request) -> Response:
         raise APIError(422, "only files can be viewed", {"path": "not a file"})
     folder = rel.strip("/").rpartition("/")[0]
     exp = int(time.time()) + VIEW_LIFETIME
-    ticket = _view_ticket(state.tokens.key, user["id"], project_id, folder, exp)
+    claims = user["claims"]
+    ticket = _view_ticket(state.tokens.key, user["id"], project_id, folder, exp, claims["jti"], int(claims["iat"]))
     quoted = "/".join(urllib.parse.quote(part) for part in rel.strip("/").split("/"))
     return JSONResponse({"url": f"/api/projects/{project_id}/view/{ticket}/{quoted}",
                          "expires_at": datetime.fromtimestamp(exp, UTC).isoformat().replace("+00:00", "Z")})
@@ -1006,16 +1016,16 @@ async def view_file(request: Request) -> Response:
     found = _read_view_ticket(state.tokens.key, request.path_params["ticket"])
     if found is None or found[1] != project_id or found[3] < time.time():
         raise APIError(404, "this view link is unknown or has expired")
-    user_id, _, folder, _ = found
+    user_id, _, folder, _, jti, iat = found
     # Lexically normalised first, so that 'folder/../elsewhere' cannot leave the ticket's folder; the files' path
-    # function then applies every other rule (symlinks included).
+    # function then applies every other rule (symlinks included). Only the folder's own files, not sub-folders.
     rel = posixpath.normpath(request.path_params["path"])
-    if rel.startswith(("/", "../")) or rel in ("..", ".") or (folder and not rel.startswith(folder + "/")):
+    if rel.startswith(("/", "../")) or rel in ("..", ".") or posixpath.dirname(rel) != folder:
         raise APIError(404, "not found")
     user = await state.store.one("SELECT * FROM users WHERE id = ? AND disabled = 0", (user_id,))
-    if user is None:
-        raise APIError(404, "this view link is unknown or has expired")
-    user["is_admin"] = bool(user["is_admin"]) or user["name"] in state.config.admins
+    if user is None or jti in state.tokens.revoked or iat < user["tokens_valid_after"]:
+        raise APIError(404, "this view link is unknown or has expired")  # the login it came from has ended
+    user["is_admin"] = is_admin(state.config, user)
     await get_project(state.store, user, project_id)  # access may have been withdrawn since
     return await nfhub_files.view(files_context(state.config, project_id), rel, request)
 

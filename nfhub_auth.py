@@ -132,8 +132,7 @@ def _text(data: dict[str, Any], key: str, *, max_length: int = nfhub.MAX_NAME_LE
 
 
 def _is_admin(config: nfhub.Config, row: dict[str, Any]) -> bool:
-    return bool(row["is_admin"]) or row["name"] in config.admins or (
-        bool(row["email"]) and row["email"] in config.admins)
+    return nfhub.is_admin(config, row)
 
 
 def _user_json(config: nfhub.Config, row: dict[str, Any]) -> dict[str, Any]:
@@ -411,8 +410,8 @@ async def _upsert_oidc_user(store: nfhub.Store, config: nfhub.Config, provider_n
                             claims: dict[str, Any]) -> dict[str, Any]:
     """Create or update the user keyed by (provider, sub); returns its row."""
     provider = f"openid:{provider_name}"
-    # An address the provider says is unverified is not stored: admins and shares may be named by e-mail.
-    email = None if claims.get("email_verified") is False else _clean_claim(claims.get("email"), 320)
+    # Only a verified address is kept: e-mails grant admin rights (admins setting) and select users to share with.
+    email = _clean_claim(claims.get("email"), 320) if claims.get("email_verified") is True else None
     display_name = _clean_claim(claims.get("name"), nfhub.MAX_NAME_LENGTH)
     async with store.write() as db:
         async with db.execute("SELECT * FROM users WHERE provider = ? AND subject = ?",

@@ -700,8 +700,12 @@ def _value_error(defn: dict, value: Any, resolve: Callable[[str], Path] | None) 
                 return f"{item!r}: {error}"
         return None
     if kind == "number":
-        if not _is_number(value) or not math.isfinite(value):
+        # NaN and infinities are not numbers a user can mean; beyond 2**53 a number no longer survives JSON
+        # round trips (and math.isfinite overflows on huge ints).
+        if not _is_number(value) or (isinstance(value, float) and not math.isfinite(value)):
             return f"expected a number, got {_type_name(value)}"
+        if abs(value) > 2**53:
+            return "number out of range"
         if defn["integer"] and not (isinstance(value, int) or value.is_integer()):
             return f"expected an integer, got {value}"
         if defn["min"] is not None and value < defn["min"]:

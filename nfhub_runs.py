@@ -238,11 +238,13 @@ async def schedule(request: Request) -> Response:
     session = None
     resume_of = None
     if resume is not False:
-        sql = "SELECT id, session_id FROM runs WHERE project_id = ? AND session_id IS NOT NULL"
-        args: tuple = (project_id,)
+        sql = "SELECT id, session_id FROM runs WHERE project_id = ? AND session_id IS NOT NULL AND nextflow_project = ?"
+        args: tuple = (project_id, name)
         if resume is not True:
+            if resume > MAX_SQLITE_INT:
+                raise APIError(422, "no such run to resume", {"resume": "no run to resume"})
             sql += " AND id = ?"
-            args = (project_id, resume)
+            args = (project_id, name, resume)
         prior = await state.store.one(sql + " ORDER BY id DESC LIMIT 1", args)
         if prior is None:
             raise APIError(422, "there is no earlier run with a Nextflow session to resume",
@@ -377,18 +379,37 @@ async def finished(request: Request) -> Response:
     exit_code = data.get("exit_code", data.get("exitStatus"))
     if exit_code is not None and (isinstance(exit_code, bool) or not isinstance(exit_code, int)):
         raise APIError(422, "exit_code must be an integer", {"exit_code": "must be an integer"})
+    proc = runs.procs.get(ref.run_id)
+    if proc is not None and proc.is_running():
+        raise APIError(409, "this run's Nextflow is still running here; nfhub records its end itself")
     await runs.finish(ref.run_id, exit_code, external=True)
     return JSONResponse("")
 
 
+STREAM_RECHECK = 5.0  # seconds between checks that an event stream's reader may still read it
+
+
 async def project_events(request: Request) -> Response:
-    user = await authenticate(request, _stream_token(request))
+    token = _stream_token(request)
+    user = await authenticate(request, token)
     state = request.app.state
     project_id = _project_id(request)
     await get_project(state.store, user, project_id)
     last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-    return StreamingResponse(state.runs.broker.stream(project_id, last, state.runs.snapshot),
-                             media_type="text/event-stream",
+
+    async def guarded() -> AsyncIterator[bytes]:
+        # A stream outlives the request that opened it: end it once its token is revoked or access is withdrawn.
+        check_at = time.monotonic() + STREAM_RECHECK
+        async for frame in state.runs.broker.stream(project_id, last, state.runs.snapshot):
+            if time.monotonic() >= check_at:
+                try:
+                    await get_project(state.store, await authenticate(request, token), project_id)
+                except APIError:
+                    return
+                check_at = time.monotonic() + STREAM_RECHECK
+            yield frame
+
+    return StreamingResponse(guarded(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -470,6 +491,7 @@ class RunManager:
         self.dispatcher = nfhub_worker.Dispatcher(config.max_concurrent_runs, self._run)
         self.broker = Broker()
         self.procs: dict[int, nfhub_worker.RunProcess] = {}
+        self.terminating: set[int] = set()
         self.secrets: dict[str, RunRef] = {}  # sha256(secret) -> run, for weblog and finished
         self.known: dict[str, RunRef] = {}  # secrets seen in requests already -> run (same lifetime as above)
         self.ended: dict[int, anyio.Event] = {}
@@ -580,10 +602,17 @@ class RunManager:
         self.procs[run_id] = proc
         async with self.store.write() as db:
             await db.execute("UPDATE runs SET pid = ?, pid_start = ? WHERE id = ?", (proc.pid, proc.start_time, run_id))
+        cancelled = await self.store.one("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,))
+        if cancelled and cancelled["cancel_requested"]:
+            self._terminate(run_id, proc)  # cancelled while it was being launched
         await self._supervise(run_id, proc)
 
     async def _supervise(self, run_id: int, proc: nfhub_worker.RunProcess) -> None:
         code = await proc.wait()
+        # Nextflow gone (a crash, SIGKILL): its tasks must not live on as orphans in its process group.
+        with anyio.move_on_after(5):
+            while await anyio.to_thread.run_sync(nfhub_worker.kill_group_leftovers, proc.pid, proc.start_time):
+                await anyio.sleep(0.05)
         await self.finish(run_id, code)
 
     # -- the end of a run
@@ -634,10 +663,14 @@ class RunManager:
                        " 'running')", (status, exit_code, message, now_iso(), session, cached, run_id))
 
         await self.store.write_fn(record)
+        await self._ended(run_id, status, exit_code)
+
+    async def _ended(self, run_id: int, status: str, exit_code: int | None) -> None:
         for table in (self.secrets, self.known):
             for key, ref in list(table.items()):
                 if ref.run_id == run_id:
                     del table[key]  # the secret dies with the run
+        self.terminating.discard(run_id)
         log.info("run %d ended %s (exit code %s)", run_id, status, exit_code)
         self.ended.setdefault(run_id, anyio.Event()).set()
         await self._publish_run(run_id)
@@ -651,25 +684,28 @@ class RunManager:
         run_id = run["id"]
         async with self.store.write() as db:
             await db.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
-        if self.dispatcher.drop(run_id) or run["status"] == "queued":
-            await self.finish(run_id, None, external=True)
+            # Atomic against _run's queued -> starting: exactly one of the two wins.
+            cur = await db.execute("UPDATE runs SET status = 'cancelled', finished_at = ? WHERE id = ?"
+                                   " AND status = 'queued'", (now_iso(), run_id))
+        if cur.rowcount:
+            self.dispatcher.drop(run_id)
+            await self._ended(run_id, "cancelled", None)
             return
-        proc = self.procs.get(run_id)
         ended = self.ended.setdefault(run_id, anyio.Event())
-        if proc is None:
-            # Starting: launch is a moment away; the supervisor will see cancel_requested. Or nothing is left.
-            with anyio.move_on_after(5):
-                while run_id not in self.procs and not ended.is_set():
-                    await anyio.sleep(0.02)
-            proc = self.procs.get(run_id)
-            if proc is None:
-                if not ended.is_set():
-                    await self.finish(run_id, None, external=True)
-                return
-        assert self.task_group is not None
-        self.task_group.start_soon(nfhub_worker.terminate, proc, float(self.config.cancel_grace))
+        # Starting: the launch may be a moment away; _run sees cancel_requested once the process exists.
         with anyio.move_on_after(float(self.config.cancel_grace) + 15):
+            while run_id not in self.procs and not ended.is_set():
+                await anyio.sleep(0.02)
+            proc = self.procs.get(run_id)
+            if proc is not None:
+                self._terminate(run_id, proc)
             await ended.wait()
+
+    def _terminate(self, run_id: int, proc: nfhub_worker.RunProcess) -> None:
+        if run_id not in self.terminating:
+            self.terminating.add(run_id)
+            assert self.task_group is not None
+            self.task_group.start_soon(nfhub_worker.terminate, proc, float(self.config.cancel_grace))
 
     # -- weblog ingestion
     def run_for_secret(self, query_string: bytes, authorization: str | None, project_id: int) -> RunRef | None:
@@ -770,7 +806,7 @@ class RunManager:
                 try:
                     await self._apply_batch(batch)
                 except Exception:
-                    # Keep the journal: the next start replays these events. Runs go on meanwhile.
+                    # The database itself failed (disk full?): keep the journal, the next start replays it.
                     log.exception("could not apply %d weblog event(s); they stay in the journal", len(batch))
                     self.journal_keep = True
                 self.applied = max(self.applied, int(batch[-1][0].rsplit("-", 1)[1]))
@@ -782,7 +818,26 @@ class RunManager:
                 self.journal_size = 0
 
     async def _apply_batch(self, batch: list[Journaled]) -> None:
-        changed = await self.store.write_fn(apply_events, batch)
+        try:
+            changed = await self.store.write_fn(apply_events, batch)
+        except Exception:
+            # One malformed event must not take the others (or the next start) down with it: apply them one by one
+            # and drop the ones that cannot be applied.
+            changed = {"runs": set(), "tasks": {}}
+            failed: Exception | None = None
+            for item in batch:
+                try:
+                    one = await self.store.write_fn(apply_events, [item])
+                except Exception as exc:
+                    log.warning("run %s: dropped a weblog event that cannot be applied (%s: %s)", item[1],
+                                type(exc).__name__, exc)
+                    failed = exc
+                    continue
+                changed["runs"] |= one["runs"]
+                for run_id, tasks in one["tasks"].items():
+                    changed["tasks"].setdefault(run_id, set()).update(tasks)
+            if failed is not None and len(batch) > 1 and not changed["runs"] and not changed["tasks"]:
+                raise failed from None  # nothing at all went in: the database is the problem, not the events
         for run_id in changed["runs"] | set(changed["tasks"]):
             await self._publish_run(run_id, changed["tasks"].get(run_id))
 
@@ -794,6 +849,7 @@ class RunManager:
             return
         batch = []
         pos = 0
+        damaged = None
         while pos < len(data):
             end = data.find(b"\n", pos)
             if end < 0:
@@ -806,14 +862,19 @@ class RunManager:
                 event = json.loads(body)
                 batch.append((jid, int(run_id), str(event.get("event"))[:64], event, body, float(received)))
             except (ValueError, AttributeError):
-                log.warning("weblog journal: skipping a damaged entry at byte %d", pos)
+                damaged = self.journal_path.with_name(f"weblog.journal.damaged-{int(time.time())}")
+                log.warning("weblog journal: damaged entry at byte %d; replaying what comes before it and keeping"
+                            " the file as %s", pos, damaged.name)
                 break
             pos = end + 1 + int(length) + 1
         if batch:
             log.info("replaying %d weblog event(s) from the journal", len(batch))
             for i in range(0, len(batch), 1000):
                 await self._apply_batch(batch[i:i + 1000])
-        self.journal_path.unlink()
+        if damaged is not None:
+            os.replace(self.journal_path, damaged)
+        else:
+            self.journal_path.unlink()
 
     # -- recovery after a restart
     async def _recover(self) -> None:

@@ -724,7 +724,22 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _fit(task: dict) -> dict:
+    """Numbers a database column can hold: SQLite integers are 64-bit, so anything larger is dropped (None)."""
+    for key, value in task.items():
+        if type(value) is int and not _INT64[0] <= value <= _INT64[1]:
+            task[key] = None
+    return task
+
+
 def _task(get: Callable[[str], Any]) -> dict:
+    return _fit(_task_fields(get))
+
+
+def _task_fields(get: Callable[[str], Any]) -> dict:
     exit_code = _int(get("exit"))
     return {
         "task_id": _int(get("task_id")),
@@ -769,7 +784,7 @@ def _weblog_task(get: Callable[[str], Any]) -> dict:
 
     exit_code = n("exit", _int)
     cpu = get("%cpu")
-    return {
+    return _fit({
         "task_id": n("task_id", _int), "hash": t("hash"), "name": t("name"), "process": t("process"), "tag": t("tag"),
         "status": t("status"), "exit": None if exit_code == INT_MAX else exit_code,
         "submit": ms("submit"), "start": ms("start"), "complete": ms("complete"),
@@ -777,7 +792,7 @@ def _weblog_task(get: Callable[[str], Any]) -> dict:
         "cpu_percent": cpu if type(cpu) is float else _percent(cpu), "peak_rss": n("peak_rss", _bytes),
         "workdir": t("workdir"), "native_id": _text(get("native_id")), "attempt": n("attempt", _int),
         "error_action": t("error_action"),
-    }
+    })
 
 
 def task_from_weblog(trace: dict) -> dict:

@@ -144,6 +144,8 @@ class LiveServer:
         self.http.close()
         for proc in procs:  # no test leaves a pipeline behind
             proc.kill_group()
+            if proc._popen is not None:
+                proc._popen.wait(10)  # reaped, so no "subprocess is still running" at garbage collection
 
 
 @pytest.fixture

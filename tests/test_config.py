@@ -205,3 +205,15 @@ def test_verified_token_cache_still_checks_expiry_and_revocation(monkeypatch) ->
     tokens.revoked[claims["jti"]] = claims["exp"]
     with pytest.raises(nfhub.APIError, match="revoked"):
         tokens.decode(token)
+
+
+def test_revocation_outlives_expiry_by_the_leeway(monkeypatch) -> None:
+    """A token is accepted until exp + leeway, so its revocation must be kept that long too."""
+    tokens = nfhub.Tokens(b"k" * 40, 600, 3600)
+    token, claims = tokens.issue(1, lifetime=60)
+    tokens.revoked[claims["jti"]] = claims["exp"]
+    real = time.time
+    monkeypatch.setattr(nfhub.time, "time", lambda: real() + 60 + nfhub.JWT_LEEWAY / 2)
+    tokens.prune()
+    with pytest.raises(nfhub.APIError, match="revoked"):
+        tokens.decode(token)

@@ -377,3 +377,112 @@ def test_journal_is_replayed_at_start(config: nfhub.Config, make_user, rows) -> 
     assert rows("SELECT count(*) FROM events WHERE run_id = 7")[0][0] == 3
     assert rows("SELECT submitted_processes FROM runs WHERE id = 7")[0][0] == 3
     assert not journal.exists() or journal.stat().st_size == 0
+
+
+# ---- found in review ---------------------------------------------------------------------------------------------
+
+
+def test_cancel_right_after_schedule_leaves_nothing_running(server, token: dict, rows) -> None:
+    http = server.http
+    pid = new_project(http, token, "slow", {})
+    for attempt in range(8):
+        http.post(f"/api/projects/{pid}/schedule", headers=token)
+        if attempt % 2:
+            wait_for(lambda: latest_run(http, token, pid)["status"] != "queued", 10, 0.001)
+        assert http.post(f"/api/projects/{pid}/cancel", headers=token).json() == {"is_scheduled": False}
+        run = latest_run(http, token, pid)
+        assert run["status"] == "cancelled"
+        leader = rows("SELECT pid FROM runs WHERE id = ?", (run["id"],))[0][0]
+        if leader:
+            assert group_members(leader) == [], f"attempt {attempt}: Nextflow left running"
+
+
+def test_finished_is_refused_while_nextflow_runs_here(server, token: dict) -> None:
+    http = server.http
+    pid = new_project(http, token, "slow", {})
+    http.post(f"/api/projects/{pid}/schedule", headers=token)
+    wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30)
+    run = latest_run(http, token, pid)
+    r = http.post(f"/api/projects/{pid}/finished", params={"token": secret_of(server.config, pid, run["id"])},
+                  json={"exit_code": 0})
+    assert r.status_code == 409
+    assert latest_run(http, token, pid)["status"] == "running"
+    http.post(f"/api/projects/{pid}/cancel", headers=token)
+
+
+def test_tasks_die_with_a_killed_nextflow(server, token: dict, rows) -> None:
+    http = server.http
+    pid = new_project(http, token, "slow", {})
+    http.post(f"/api/projects/{pid}/schedule", headers=token)
+    wait_for(lambda: http.get(f"/api/projects/{pid}", headers=token).json()["project"]["submitted_processes"] == 2,
+             30, what="tasks to run")
+    leader = rows("SELECT pid FROM runs WHERE id = ?", (latest_run(http, token, pid)["id"],))[0][0]
+    assert len(group_members(leader)) >= 3
+    os.kill(leader, signal.SIGKILL)
+    run = wait_done(http, token, pid, 30)
+    assert run["status"] == "failed" and run["exit_code"] == 137
+    wait_for(lambda: group_members(leader) == [], 10, what="the orphaned tasks to be killed")
+
+
+def test_malformed_events_are_dropped_without_harm(server, token: dict, rows) -> None:
+    http = server.http
+    pid = new_project(http, token, "slow", {})
+    http.post(f"/api/projects/{pid}/schedule", headers=token)
+    run = latest_run(http, token, pid)
+    url = f"/api/projects/{pid}/nextflow-log?token={secret_of(server.config, pid, run['id'])}"
+    base = {"runName": run["run_name"], "runId": "u", "utcTime": "2026-01-01T00:00:00Z"}
+    poison = [{**base, "event": "process_submitted", "trace": {"task_id": 10**30, "status": "SUBMITTED"}},
+              {**base, "event": "process_submitted", "trace": {"task_id": 7, "status": "SUBMITTED", "exit": 10**30}},
+              {**base, "event": "completed", "metadata": {"workflow": {"stats": {"processes": 5}}}},
+              {**base, "event": "process_started", "trace": "not an object"}]
+    for event in poison:
+        assert http.post(url, json=event).status_code == 200
+    good = {"task_id": 8, "status": "SUBMITTED", "name": "GOOD (1)", "exit": 2147483647, "submit": 1, "start": 0}
+    assert http.post(url, json={**base, "event": "process_submitted", "trace": good}).status_code == 200
+    wait_for(lambda: rows("SELECT count(*) FROM tasks WHERE run_id = ? AND task_id IN (7, 8)", (run["id"],))[0][0]
+             == 2, 10, what="the good events to be applied")
+    http.post(f"/api/projects/{pid}/cancel", headers=token)
+
+
+def test_a_journal_with_bad_entries_does_not_stop_the_start(config: nfhub.Config, make_user, rows) -> None:
+    from starlette.testclient import TestClient
+
+    with TestClient(nfhub.create_app(config)) as client:
+        token = {"x-access-token": make_user("alice")}
+        pid = client.post("/api/projects/create", json={"name": "p"}, headers=token).json()["project"]["id"]
+    conn = nfhub._open_sync(config)
+    conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
+                 " VALUES (9, ?, 'failed', 'hello', 'nfhub-9-abcde', 'x', 'now')", (pid,))
+    conn.close()
+    entries = b""
+    for i, trace in enumerate([{"task_id": 10**30, "status": "SUBMITTED"}, {"task_id": 1, "status": "SUBMITTED"}]):
+        body = json.dumps({"event": "process_submitted", "runName": "nfhub-9-abcde", "trace": trace}).encode()
+        entries += f"bad-{i}\t9\t1.0\t{len(body)}\n".encode() + body + b"\n"
+    entries += b"garbage without tabs\n" + entries  # a damaged entry in the middle
+    (config.data_path / "weblog.journal").write_bytes(entries)
+    with TestClient(nfhub.create_app(config)) as client:
+        assert client.get("/api/health").status_code == 200
+    assert rows("SELECT count(*) FROM tasks WHERE run_id = 9")[0][0] == 1
+    assert list(config.data_path.glob("weblog.journal.damaged-*")), "the damaged journal is kept for a look"
+
+
+def test_event_stream_ends_when_access_is_withdrawn(server, token: dict, make_user, monkeypatch) -> None:
+    import nfhub_runs
+
+    monkeypatch.setattr(nfhub_runs, "STREAM_RECHECK", 0.2)
+    http = server.http
+    pid = new_project(http, token, "hello", {"input": "n.txt"}, {"n.txt": b"a\n"})
+    bob = make_user("bob")
+    assert http.post(f"/api/projects/{pid}/share", json={"user": "bob", "access": "read"},
+                     headers=token).status_code == 200
+    events: list[dict] = []
+    ready = threading.Event()
+    reader = threading.Thread(target=read_events, args=(
+        f"{server.url}/api/projects/{pid}/events?token={bob}", {}, lambda b: False, events, ready), daemon=True)
+    reader.start()
+    assert ready.wait(10)
+    http.post(f"/api/projects/{pid}/unshare", json={"user": "bob"}, headers=token)
+    http.post(f"/api/projects/{pid}/schedule", headers=token)  # activity after the unshare
+    reader.join(20)
+    assert not reader.is_alive(), "the stream must end once bob lost access"
+    assert all(e["event"] == "snapshot" for e in events[:1])

@@ -32,7 +32,8 @@ import nfhub
 FRONTEND = "http://frontend.example/app/"
 CLIENT_ID = "nfhub-test"
 CLIENT_SECRET = "a-client-secret-that-is-long-enough-for-hs256"
-MOCK_USER = {"sub": "mock-ann", "email": "ann@lab.example", "preferred_username": "ann", "name": "Ann Example"}
+MOCK_USER = {"sub": "mock-ann", "email": "ann@lab.example", "preferred_username": "ann", "name": "Ann Example",
+             "email_verified": True}
 IDP_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -95,7 +96,8 @@ class FakeIdP:
 
     def __init__(self) -> None:
         self.mode = "good"
-        self.claims: dict[str, Any] = {"sub": "fake-fay", "email": "fay@lab.example", "preferred_username": "fay"}
+        self.claims: dict[str, Any] = {"sub": "fake-fay", "email": "fay@lab.example", "email_verified": True,
+                                       "preferred_username": "fay"}
         self.issuer_override: str | None = None
         self.discovery_hits = 0
         self.codes: dict[str, dict[str, str]] = {}
@@ -353,7 +355,8 @@ def test_second_login_updates_the_same_user(live: str, browser: httpx.Client, co
     sub = "mock-" + secrets.token_hex(4)
     httpx.put(f"{mock_idp}/users/{sub}", json={"email": "old@lab.example", "preferred_username": "bea"})
     first = me(live, login_at_mock(browser, live, sub)["token"]).json()["user"]
-    httpx.put(f"{mock_idp}/users/{sub}", json={"email": "new@lab.example", "preferred_username": "renamed"})
+    httpx.put(f"{mock_idp}/users/{sub}", json={"email": "new@lab.example", "email_verified": True,
+                                                "preferred_username": "renamed"})
     second = me(live, login_at_mock(browser, live, sub)["token"]).json()["user"]
     assert second["id"] == first["id"] and second["name"] == "bea"
     assert second["email"] == "new@lab.example"
@@ -532,3 +535,18 @@ def test_admin_names_are_never_given_to_provider_users(settings: dict, browser: 
     with serve(nfhub.create_app(config), config.port) as live:
         user = me(live, login_at_fake(browser, live)["token"]).json()["user"]
     assert user["name"] == "boss-2" and user["is_admin"] is False
+
+
+def test_unverified_email_grants_nothing(settings: dict, browser: httpx.Client, tmp_path: Path,
+                                         fake_idp: FakeIdP) -> None:
+    """A provider that does not vouch for the address (no email_verified) cannot make someone an admin by it."""
+    import yaml
+
+    settings["admins"] = ["fay@lab.example"]
+    path = tmp_path / "admins.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    fake_idp.claims = {"sub": "fake-mallory", "email": "fay@lab.example", "preferred_username": "mallory"}
+    config = nfhub.load_config(path, environ={})
+    with serve(nfhub.create_app(config), config.port) as live:
+        user = me(live, login_at_fake(browser, live)["token"]).json()["user"]
+        assert user["is_admin"] is False and user["email"] is None

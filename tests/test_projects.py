@@ -224,6 +224,9 @@ def test_view_links_show_reports_inline_and_sandboxed(client: TestClient, alice:
     assert client.get(f"{base}/plot.png").content == b"\x89PNG\r\n"  # the report's own images load
     ticket_root = url.split("/results/")[0]
     assert client.get(f"{ticket_root}/secret.txt").status_code == 404  # outside the report's folder
+    (folder / "deeper").mkdir()
+    (folder / "deeper" / "x.txt").write_text("x")
+    assert client.get(f"{base}/deeper/x.txt").status_code == 404  # only the folder's own files
     assert client.get(f"{base}/../../secret.txt").status_code == 404
     # Raw HTTP: clients normalise '..' away before sending, an attacker's does not.
     import socket
@@ -263,3 +266,32 @@ def test_view_links_show_reports_inline_and_sandboxed(client: TestClient, alice:
     expired = client.post(f"/api/projects/{pid}/view-link", json={"path": "results/multiqc/report.html"},
                           headers=alice).json()["url"]
     assert client.get(expired).status_code == 404
+
+
+def test_view_link_dies_with_the_login_it_came_from(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+    pid = create(client, alice)["id"]
+    (nfhub.project_dir(config, pid) / "r.html").write_text("<p>report</p>")
+    url = client.post(f"/api/projects/{pid}/view-link", json={"path": "r.html"}, headers=alice).json()["url"]
+    assert client.get(url).status_code == 200
+    assert client.post("/api/users/logout", headers=alice).status_code == 200
+    assert client.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/projects/create", b'{"name": "bad \\ud800 name"}'),
+    ("/api/projects/create", b'{"name": "\\udfff"}'),
+])
+def test_lone_surrogates_are_400(client: TestClient, alice: dict, path: str, body: bytes, rows) -> None:
+    r = client.post(path, content=body, headers={**alice, "content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    assert rows("SELECT count(*) FROM projects")[0][0] == 0
+
+
+def test_huge_numbers_are_422_not_500(client: TestClient, alice: dict) -> None:
+    pid = create(client, alice)["id"]
+    client.post(f"/api/projects/{pid}/update", json={"nextflow_project": "hello"}, headers=alice)
+    r = client.post(f"/api/projects/{pid}/update", content=b'{"workflow_arguments": {"max_names": 1' + b"0" * 400
+                    + b"}}", headers={**alice, "content-type": "application/json"})
+    assert r.status_code == 422 and "max_names" in r.json()["details"]
+    r = client.post(f"/api/projects/{pid}/schedule", json={"resume": 10**30}, headers=alice)
+    assert r.status_code == 422
