@@ -354,8 +354,8 @@ def test_acknowledged_events_survive_kill_9(restartable, rows) -> None:
     http.post(f"/api/projects/{pid}/cancel")
 
 
-def test_journal_is_replayed_at_start(config: nfhub.Config, make_user, rows) -> None:
-    """Events acknowledged but not yet applied when nfhub died are applied on the next start, exactly once."""
+def _finished_run(config: nfhub.Config, make_user, run_id: int) -> None:
+    """A project with a finished run `run_id` named nfhub-<run_id>-abcde, written straight into the database."""
     from starlette.testclient import TestClient
 
     with TestClient(nfhub.create_app(config)) as client:
@@ -363,8 +363,15 @@ def test_journal_is_replayed_at_start(config: nfhub.Config, make_user, rows) -> 
         pid = client.post("/api/projects/create", json={"name": "p"}, headers=token).json()["project"]["id"]
     conn = nfhub._open_sync(config)
     conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
-                 " VALUES (7, ?, 'failed', 'hello', 'nfhub-7-abcde', 'x', 'now')", (pid,))
+                 " VALUES (?, ?, 'failed', 'hello', ?, 'x', 'now')", (run_id, pid, f"nfhub-{run_id}-abcde"))
     conn.close()
+
+
+def test_journal_is_replayed_at_start(config: nfhub.Config, make_user, rows) -> None:
+    """Events acknowledged but not yet applied when nfhub died are applied on the next start, exactly once."""
+    from starlette.testclient import TestClient
+
+    _finished_run(config, make_user, 7)
     journal = config.data_path / "weblog.journal"
     entries = b""
     for i in range(3):
@@ -447,13 +454,7 @@ def test_malformed_events_are_dropped_without_harm(server, token: dict, rows) ->
 def test_a_journal_with_bad_entries_does_not_stop_the_start(config: nfhub.Config, make_user, rows) -> None:
     from starlette.testclient import TestClient
 
-    with TestClient(nfhub.create_app(config)) as client:
-        token = {"x-access-token": make_user("alice")}
-        pid = client.post("/api/projects/create", json={"name": "p"}, headers=token).json()["project"]["id"]
-    conn = nfhub._open_sync(config)
-    conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
-                 " VALUES (9, ?, 'failed', 'hello', 'nfhub-9-abcde', 'x', 'now')", (pid,))
-    conn.close()
+    _finished_run(config, make_user, 9)
     entries = b""
     for i, trace in enumerate([{"task_id": 10**30, "status": "SUBMITTED"}, {"task_id": 1, "status": "SUBMITTED"}]):
         body = json.dumps({"event": "process_submitted", "runName": "nfhub-9-abcde", "trace": trace}).encode()
