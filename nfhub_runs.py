@@ -136,28 +136,41 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
     db.executemany("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at) VALUES (?, ?, ?, ?, ?)",
                    [(jid, run_id, kind, "" if kind in TASK_EVENTS else body.decode("utf-8", "replace"), received)
                     for jid, run_id, kind, _, body, received in fresh])
-    tasks: dict[tuple[int, int], dict[str, Any]] = {}  # (run, task) -> {"was": status in the db, "row": merged}
+    # Statuses and counters follow every event, but a trace is converted only where it gives the row something:
+    # the last event of a task in the batch carries (nearly) every field, so most earlier ones are skipped.
+    tasks: dict[tuple[int, int], dict[str, Any]] = {}  # (run, task) -> {"was", "status", "traces": [raw, ...]}
     counters: dict[int, list[int]] = {}  # run id -> [submitted, completed, failed] added by this batch
     for _, run_id, kind, event, _, _ in fresh:
         if kind in TASK_EVENTS or (kind == "error" and event.get("trace")):
-            try:
-                task = nfhub_worker.task_from_weblog(event.get("trace"))  # type: ignore[arg-type]
-            except ValueError:
+            trace = event.get("trace")
+            if not isinstance(trace, dict):
                 continue
-            if kind == "error" or (task["status"] == "FAILED"
-                                   and task.get("error_action") in (None, "TERMINATE", "FINISH")):
+            task_id = trace.get("task_id")
+            status = trace.get("status")
+            if type(task_id) is not int or not 0 <= task_id < 2**63 or not isinstance(status, str):
+                try:  # unusual values: the generic conversion decides
+                    converted = nfhub_worker.task_from_weblog(trace)
+                except ValueError:
+                    continue
+                task_id, status = converted["task_id"], converted["status"]
+            status = status if status and status.strip() not in ("", "-", "null") else "NEW"
+            if kind == "error" or (status == "FAILED" and trace.get("error_action") in (None, "TERMINATE", "FINISH")):
                 # The task that made the run fail (errorStrategy 'finish' sends its trace with the error event).
-                db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?", (task["name"], run_id))
+                try:
+                    name = nfhub_worker.task_from_weblog(trace)["name"]
+                except ValueError:
+                    name = None
+                db.execute("UPDATE runs SET failed_task = COALESCE(failed_task, ?) WHERE id = ?", (name, run_id))
                 changed["runs"].add(run_id)
                 if kind == "error":
                     continue
-            key = (run_id, task["task_id"])
+            key = (run_id, task_id)
             state = tasks.get(key)
             if state is None:
                 found = db.execute("SELECT status FROM tasks WHERE run_id = ? AND task_id = ?", key).fetchone()
-                state = tasks[key] = {"was": found["status"] if found else None, "row": None}
-            current = state["row"]["status"] if state["row"] else state["was"]
-            status = task["status"] or "NEW"
+                was = found["status"] if found else None
+                state = tasks[key] = {"was": was, "status": was, "traces": []}
+            current = state["status"]
             if current is not None and _TASK_RANK.get(status, 0) < _TASK_RANK.get(current, 0):
                 continue  # a late or repeated event never moves a task back
             counts = counters.setdefault(run_id, [0, 0, 0])
@@ -166,20 +179,20 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
             if kind == "process_completed" and current not in TERMINAL_TASK_STATES:
                 counts[1] += 1
                 counts[2] += status == "FAILED"
-            row = state["row"] or {}
-            row.update({k: v for k, v in task.items() if v is not None})
-            row["status"] = status
-            state["row"] = row
-            changed["tasks"].setdefault(run_id, set()).add(task["task_id"])
+            state["status"] = status
+            state["traces"].append(trace)
+            changed["tasks"].setdefault(run_id, set()).add(task_id)
         else:
             _apply_run_event(db, run_id, kind, event, changed)
     rows = []
     for (run_id, task_id), state in tasks.items():
-        if state["row"]:
-            row = state["row"]
-            native = row.get("native_id")
-            rows.append((run_id, task_id, *(str(native) if c == "native_id" and native is not None else row.get(c)
-                                           for c in TASK_COLUMNS)))
+        if not state["traces"]:
+            continue
+        row = _merged_row(state["traces"])
+        row["status"] = state["status"]
+        native = row.get("native_id")
+        rows.append((run_id, task_id, *(str(native) if c == "native_id" and native is not None else row.get(c)
+                                       for c in TASK_COLUMNS)))
     db.executemany(_TASK_UPSERT, rows)
     for run_id, (submitted, completed, failed) in counters.items():
         if submitted or completed or failed:
@@ -188,6 +201,31 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
                        (submitted, completed, failed, run_id))
             changed["runs"].add(run_id)
     return changed
+
+
+# The trace key each task column comes from.
+_TRACE_KEY = {column: "%cpu" if column == "cpu_percent" else column for column in TASK_COLUMNS}
+
+
+def _merged_row(traces: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task row that applying `traces` in order gives (each column: its last non-null value), converting as few
+    traces as possible: newest first, an older one only if it has a key for a column still empty."""
+    row: dict[str, Any] = {}
+    missing = set(TASK_COLUMNS)
+    for trace in reversed(traces):
+        if not any(_TRACE_KEY[column] in trace for column in missing):
+            continue
+        try:
+            task = nfhub_worker.task_from_weblog(trace)
+        except ValueError:
+            continue
+        for column in list(missing):
+            if task.get(column) is not None:
+                row[column] = task[column]
+                missing.discard(column)
+        if not missing:
+            break
+    return row
 
 
 def _apply_run_event(db: sqlite3.Connection, run_id: int, kind: str, body: dict[str, Any],

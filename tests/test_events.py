@@ -93,3 +93,57 @@ def test_run_level_events_keep_their_body(tmp_path: Path) -> None:
     assert json.loads(rows["started"])["runId"] == "9b4c" and rows["process_submitted"] == ""
     run = conn.execute("SELECT status, session_id FROM runs WHERE id = 1").fetchone()
     assert run == {"status": "running", "session_id": "9b4c"}
+
+
+def test_batches_give_what_applying_each_event_in_order_gives(tmp_path: Path) -> None:
+    """Random streams of task events, applied in random batches, against a plain model of one event at a time."""
+    import random
+
+    import nfhub_worker
+
+    rng = random.Random(11)
+    kinds = [("process_submitted", "SUBMITTED"), ("process_started", "RUNNING"), ("process_completed", "COMPLETED"),
+             ("process_completed", "FAILED"), ("process_completed", "ABORTED")]
+    optional = {"start": lambda: rng.choice([0, 1_700_000_000_500]), "complete": lambda: 1_700_000_009_000,
+                "duration": lambda: rng.randint(1, 9000), "%cpu": lambda: rng.choice([12.5, 99.0]),
+                "peak_rss": lambda: rng.randint(1, 10**9), "workdir": lambda: f"/w/{rng.randint(0, 9)}",
+                "native_id": lambda: rng.randint(1, 99999), "tag": lambda: rng.choice([None, "s1", "-"]),
+                "error_action": lambda: rng.choice([None, "IGNORE", "TERMINATE"])}
+    for round_ in range(20):
+        conn = _db(tmp_path / str(round_))
+        events = []
+        for n in range(rng.randint(1, 60)):
+            kind, status = rng.choice(kinds)
+            trace = {"task_id": rng.randint(1, 6), "status": status, "name": f"T ({n})", "exit": rng.choice(
+                [0, 1, 2147483647]), "submit": 1_700_000_000_000, "process": "T"}
+            trace.update({k: make() for k, make in optional.items() if rng.random() < 0.5})
+            events.append(_event(f"{round_}-{n}", kind, trace.pop("task_id"), trace.pop("status"), **trace))
+        model: dict[int, dict] = {}
+        counts = [0, 0, 0]
+        for _, _, kind, body, _, _ in events:
+            task = nfhub_worker.task_from_weblog(body["trace"])
+            row = model.get(task["task_id"])
+            current = row["status"] if row else None
+            if current is not None and nfhub_runs._TASK_RANK[task["status"]] < nfhub_runs._TASK_RANK[current]:
+                continue
+            counts[0] += current is None
+            if kind == "process_completed" and current not in nfhub_runs.TERMINAL_TASK_STATES:
+                counts[1] += 1
+                counts[2] += task["status"] == "FAILED"
+            row = row or {}
+            row.update({k: v for k, v in task.items() if v is not None})
+            model[task["task_id"]] = row
+        i = 0
+        while i < len(events):
+            size = rng.randint(1, 15)
+            _apply(conn, events[i:i + size])
+            i += size
+        got = {r["task_id"]: r for r in conn.execute("SELECT * FROM tasks")}
+        assert set(got) == set(model)
+        for task_id, row in model.items():
+            for column in nfhub_runs.TASK_COLUMNS:
+                expected = row.get(column)
+                expected = str(expected) if column == "native_id" and expected is not None else expected
+                assert got[task_id][column] == expected, (round_, task_id, column)
+        run = _run(conn)
+        assert [run["submitted_processes"], run["completed_processes"], run["failed_processes"]] == counts
