@@ -435,17 +435,25 @@ async def project_events(request: Request) -> Response:
     await get_project(state.store, user, project_id)
     last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
 
+    streams = state.runs.streams
+    if streams.get(user["id"], 0) >= MAX_STREAMS_PER_USER:
+        raise APIError(429, f"at most {MAX_STREAMS_PER_USER} open event streams per user; close some first")
+
     async def guarded() -> AsyncIterator[bytes]:
         # A stream outlives the request that opened it: end it once its token is revoked or access is withdrawn.
         check_at = time.monotonic() + STREAM_RECHECK
-        async for frame in state.runs.broker.stream(project_id, last, state.runs.snapshot):
-            if time.monotonic() >= check_at:
-                try:
-                    await get_project(state.store, await authenticate(request, token), project_id)
-                except APIError:
-                    return
-                check_at = time.monotonic() + STREAM_RECHECK
-            yield frame
+        streams[user["id"]] = streams.get(user["id"], 0) + 1  # counted from its first byte (see finally)
+        try:
+            async for frame in state.runs.broker.stream(project_id, last, state.runs.snapshot):
+                if time.monotonic() >= check_at:
+                    try:
+                        await get_project(state.store, await authenticate(request, token), project_id)
+                    except APIError:
+                        return
+                    check_at = time.monotonic() + STREAM_RECHECK
+                yield frame
+        finally:
+            streams[user["id"]] -= 1
 
     return StreamingResponse(guarded(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -458,6 +466,8 @@ APPLY_BATCH = 2000  # events per transaction at most
 APPLY_GATHER = 0.005  # seconds without a new event that count as a lull, when the applier runs
 APPLY_MAX_DELAY = 0.25  # seconds an acknowledged event may wait for the applier at most (live views lag this much)
 MAX_QUEUED_EVENTS = 50_000  # acknowledged but not yet applied; beyond it senders wait
+MAX_QUEUED_BYTES = 64 << 20  # the same limit in bytes of event bodies (events may be up to 4 MiB each)
+MAX_STREAMS_PER_USER = 16  # open event streams one user may hold
 JOURNAL_TRUNCATE = 8 << 20  # the journal is emptied once it is this large and fully applied
 
 # One acknowledged weblog event: (journal id, run id, event name, parsed body, raw body, time received).
@@ -544,6 +554,8 @@ class RunManager:
         self.journal_keep = False
         self.journal_size = 0
         self.hurry = 0  # coroutines waiting in flush(): apply now, do not wait for a lull
+        self.queued_bytes = 0
+        self.streams: dict[int, int] = {}  # user id -> open event streams
         self.task_group: anyio.abc.TaskGroup | None = None
 
     # -- paths
@@ -803,7 +815,7 @@ class RunManager:
             raise APIError(400, "event must be a JSON object with an 'event' name")
         if event.get("runName") not in (None, ref.run_name):
             raise APIError(401, "event belongs to another run")
-        if len(self.queue) > MAX_QUEUED_EVENTS:
+        if len(self.queue) > MAX_QUEUED_EVENTS or self.queued_bytes > MAX_QUEUED_BYTES:
             await self.flush()  # back-pressure: a sender far ahead of the database waits, memory stays bounded
         self.seq += 1
         jid = f"{self.boot}-{self.seq}"
@@ -812,6 +824,7 @@ class RunManager:
         os.write(self.journal_fd, record)  # durable against kill -9 once write(2) returns
         self.journal_size += len(record)
         self.queue.append((jid, ref.run_id, event["event"][:64], event, body, now))
+        self.queued_bytes += len(body)
         self.wake.set()
         await send(_EMPTY_200)
         await send(_EMPTY_BODY)
@@ -841,6 +854,7 @@ class RunManager:
             self.wake = anyio.Event()
             while self.queue:
                 batch, self.queue = self.queue[:APPLY_BATCH], self.queue[APPLY_BATCH:]
+                self.queued_bytes -= sum(len(item[4]) for item in batch)
                 try:
                     await self._apply_batch(batch)
                 except Exception:

@@ -487,3 +487,23 @@ def test_event_stream_ends_when_access_is_withdrawn(server, token: dict, make_us
     reader.join(20)
     assert not reader.is_alive(), "the stream must end once bob lost access"
     assert all(e["event"] == "snapshot" for e in events[:1])
+
+
+def test_event_streams_per_user_are_limited(server, token: dict, monkeypatch) -> None:
+    import nfhub_runs
+
+    monkeypatch.setattr(nfhub_runs, "MAX_STREAMS_PER_USER", 2)
+    http = server.http
+    pid = new_project(http, token, "hello", {})
+    url = f"{server.url}/api/projects/{pid}/events"
+    with httpx.stream("GET", url, headers=token, timeout=10) as first, \
+            httpx.stream("GET", url, headers=token, timeout=10) as second:
+        assert first.status_code == second.status_code == 200
+        lines = [first.iter_lines(), second.iter_lines()]  # kept: dropping an iterator closes its connection
+        assert [next(it) for it in lines] == ["retry: 2000", "retry: 2000"]  # both are streaming
+        third = http.get(f"/api/projects/{pid}/events", headers=token, timeout=5)
+        assert third.status_code == 429 and "error" in third.json()
+    wait_for(lambda: server.app.state.runs.streams.get(1, 0) + server.app.state.runs.streams.get(2, 0) == 0, 10,
+             what="closed streams to be counted out")
+    with httpx.stream("GET", url, headers=token, timeout=10) as again:
+        assert again.status_code == 200
