@@ -60,6 +60,7 @@ MAX_SQLITE_INT = 2**63 - 1
 JWT_ALGORITHM = "HS256"
 JWT_ISSUER = "nfhub"
 JWT_LEEWAY = 30
+USER_CACHE_SECONDS = 2.0
 
 # Numbered migrations; PRAGMA user_version holds how many have run. Append only, never edit a released one.
 MIGRATIONS: list[str] = [
@@ -507,6 +508,7 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
+        self.users: dict[int, tuple[float, dict[str, Any]]] = {}  # user id -> (valid until, row)
 
     async def open(self) -> None:
         migrate(self.path)
@@ -541,6 +543,20 @@ class Store:
                 raise
             with anyio.CancelScope(shield=True):
                 await self._writer.execute("COMMIT")
+                self.users.clear()  # any write may have changed a user (password, revocation, …)
+
+    async def user(self, user_id: int) -> dict[str, Any] | None:
+        """The user row, from a short-lived cache: every authenticated request needs it. Writes through write()
+        empty the cache; a change made outside nfhub (sqlite3 by hand) shows within USER_CACHE_SECONDS."""
+        cached = self.users.get(user_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return dict(cached[1])
+        row = await self.one("SELECT * FROM users WHERE id = ?", (user_id,))
+        if row is not None:
+            if len(self.users) > 10_000:
+                self.users.clear()
+            self.users[user_id] = (time.monotonic() + USER_CACHE_SECONDS, dict(row))
+        return row
 
     async def write_fn(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(sqlite3_connection, *args)` as one transaction on the writer's own thread, in one hop.
@@ -737,7 +753,7 @@ async def authenticate(request: Request, token: str | None = None) -> dict[str, 
         user_id = int(claims["sub"])
     except (TypeError, ValueError):
         raise APIError(401, "invalid token: bad subject") from None
-    user = await state.store.one("SELECT * FROM users WHERE id = ?", (user_id,))
+    user = await state.store.user(user_id)
     if user is None or user["disabled"]:
         raise APIError(401, "invalid token: unknown or disabled user")
     if int(claims["iat"]) < user["tokens_valid_after"]:

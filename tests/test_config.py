@@ -217,3 +217,18 @@ def test_revocation_outlives_expiry_by_the_leeway(monkeypatch) -> None:
     tokens.prune()
     with pytest.raises(nfhub.APIError, match="revoked"):
         tokens.decode(token)
+
+
+def test_a_user_disabled_by_hand_is_refused_within_seconds(client: TestClient, make_user, config) -> None:
+    import sqlite3
+
+    from conftest import wait_for
+
+    token = {"x-access-token": make_user("alice")}
+    assert client.get("/api/projects", headers=token).status_code == 200  # now cached
+    conn = sqlite3.connect(config.data_path / "nfhub.sqlite")
+    conn.execute("UPDATE users SET disabled = 1 WHERE name = 'alice'")
+    conn.commit()
+    conn.close()
+    wait_for(lambda: client.get("/api/projects", headers=token).status_code == 401,
+             nfhub.USER_CACHE_SECONDS + 3, 0.1, "the change made outside nfhub to be seen")
