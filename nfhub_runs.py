@@ -960,6 +960,8 @@ class RunManager:
         return {"project": _progress(project) if project else None, "run": run}
 
     async def _publish_run(self, run_id: int, task_ids: set[int] | None = None) -> None:
+        if not self.broker.waiters and not self.broker.buffers:
+            return  # no event stream was ever opened: skip the query (it ran after every weblog batch)
         row = await self.store.one("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
                                    " WHERE r.id = ?", (run_id,))
         if row is None:
