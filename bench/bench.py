@@ -446,8 +446,9 @@ exec sleep 900
 
 
 class Bench:
-    def __init__(self, sizes: Sizes):
+    def __init__(self, sizes: Sizes, only: str | None = None):
         self.sizes = sizes
+        self.only = only
         self.tmp = Path(tempfile.mkdtemp(prefix="nfhub-bench-"))
         self.data = self.tmp / "data"
         self.bare_dir = self.tmp / "bare"
@@ -787,8 +788,10 @@ class Bench:
         t0 = time.monotonic()
         phases = []
         # the upload first: its RSS growth is only meaningful in a server whose heap the weblog backlog has not grown
-        for step in (self.setup, self.files, self.schedule_latency, self.start_runs, lambda: self.weblog(1),
-                     lambda: self.weblog(CONCURRENCY), self.verify_events, self.plain, self.stop_runs):
+        steps = {"files": [self.files], "schedule": [self.schedule_latency],
+                 "weblog": [self.start_runs, lambda: self.weblog(1), lambda: self.weblog(CONCURRENCY),
+                            self.verify_events, self.stop_runs], "plain": [self.plain]}
+        for step in [self.setup, *(s for name, part in steps.items() if self.only in (None, name) for s in part)]:
             t = time.monotonic()
             step()
             phases.append(time.monotonic() - t)
@@ -830,11 +833,13 @@ def _stop(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small, fast smoke run (same figures, less data)")
+    parser.add_argument("--only", choices=("files", "schedule", "weblog", "plain"),
+                        help="measure one group of figures only")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGHUP, _stop)
-    bench = Bench(Sizes.quick() if args.quick else Sizes())
+    bench = Bench(Sizes.quick() if args.quick else Sizes(), args.only)
     try:
         bench.run()
         return 0
