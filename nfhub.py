@@ -1445,6 +1445,18 @@ def _print_banner(config: Config, app: Starlette) -> None:
               "  or point the 'nextflow' setting (NFHUB_NEXTFLOW) at it.", file=sys.stderr)
 
 
+def http_protocol(app: Starlette) -> type | str:
+    """uvicorn's httptools protocol with nfhub's weblog fast lane (nfhub_runs.weblog_protocol); plain "auto" where
+    httptools is missing (uvicorn without [standard]): the weblog route then answers through ASGI."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+    import nfhub_runs
+
+    return nfhub_runs.weblog_protocol(app.state, HttpToolsProtocol, FrontDoor.HEADERS)
+
+
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import uvicorn
 
@@ -1454,7 +1466,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
     app.state.announce_login = True
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, http=http_protocol(app))
     return 0
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -60,6 +61,12 @@ TERMINAL_TASK_STATES = ("COMPLETED", "FAILED", "ABORTED", "CACHED")
 _TASK_RANK = {"NEW": 0, "SUBMITTED": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 3, "ABORTED": 3, "CACHED": 3}
 
 
+try:
+    from orjson import loads as _loads  # 2 us instead of 7 for a task event, on the thread that answers every request
+except ImportError:  # pragma: no cover - an optional speed-up
+    _loads = json.loads
+
+
 def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -96,10 +103,10 @@ def task_json(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("task_id", *TASK_COLUMNS)}
 
 
-_TASK_UPSERT = (
-    f"INSERT INTO tasks (run_id, task_id, {', '.join(TASK_COLUMNS)}) VALUES (?, ?, {', '.join('?' for _ in TASK_COLUMNS)})"
-    f" ON CONFLICT (run_id, task_id) DO UPDATE SET {', '.join(f'{c} = COALESCE(excluded.{c}, {c})' for c in TASK_COLUMNS)}"
-)
+_TASK_INSERT = f"INSERT INTO tasks (run_id, task_id, {', '.join(TASK_COLUMNS)})"
+_TASK_ON_CONFLICT = (f"ON CONFLICT (run_id, task_id) DO UPDATE SET"
+                     f" {', '.join(f'{c} = COALESCE(excluded.{c}, {c})' for c in TASK_COLUMNS)}")
+_TASK_UPSERT = f"{_TASK_INSERT} VALUES (?, ?, {', '.join('?' for _ in TASK_COLUMNS)}) {_TASK_ON_CONFLICT}"
 
 
 def upsert_task(db: sqlite3.Connection, run_id: int, task: dict[str, Any]) -> tuple[str | None, bool]:
@@ -116,12 +123,34 @@ def upsert_task(db: sqlite3.Connection, run_id: int, task: dict[str, Any]) -> tu
     return previous, True
 
 
-def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, Any]:
+_BULK_SQL: dict[tuple[str, int], str] = {}
+
+
+def _bulk(db: sqlite3.Connection, head: str, tail: str, width: int, rows: list[tuple]) -> None:
+    """`head VALUES (...), (...) tail` for many rows in few statements: each statement is one step of SQLite's with
+    the GIL released, where executemany would hand the GIL back and forth once per row, stalling the event loop."""
+    i = 0
+    while i < len(rows):
+        n = 1 << min(8, (len(rows) - i).bit_length() - 1)  # 256, 128, ... 1 rows: a handful of cached statements
+        sql = _BULK_SQL.get((head, n))
+        if sql is None:
+            one = "(" + ", ".join("?" * width) + ")"
+            sql = _BULK_SQL[(head, n)] = f"{head} VALUES {', '.join([one] * n)} {tail}"
+        db.execute(sql, tuple(chain.from_iterable(rows[i:i + n])))
+        i += n
+
+
+def apply_events(db: sqlite3.Connection, batch: list[Journaled],
+                 statuses: dict[int, dict[int, str]] | None = None) -> dict[str, Any]:
     """Apply weblog events in one transaction, each exactly once (by journal id). Runs on the writer's thread.
 
     The events of one task that arrive together (submitted, started, completed) become one row write, and the
-    counters one UPDATE per run. Returns what changed, for the live views: {"runs": {ids}, "tasks": {run: {ids}}}."""
+    counters one UPDATE per run. `statuses` ({run: {task: status}}, as committed) spares a lookup per task; the
+    caller drops it when the transaction fails. Returns what changed, for the live views:
+    {"runs": {ids}, "tasks": {run: {ids}}}."""
     changed: dict[str, Any] = {"runs": set(), "tasks": {}}
+    if statuses is None:
+        statuses = {}
     run_ids = tuple({item[1] for item in batch})
     known = {r["id"] for r in db.execute(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(run_ids))})",
                                          run_ids).fetchall()}
@@ -133,9 +162,9 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
                                                    part).fetchall())
     fresh = [item for item in batch if item[1] in known and item[0] not in seen]  # a replay finds some applied
     # Task events live on as task rows; keeping their 1-2 KB bodies too would triple the cost of each event.
-    db.executemany("INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at) VALUES (?, ?, ?, ?, ?)",
-                   [(jid, run_id, kind, "" if kind in TASK_EVENTS else body.decode("utf-8", "replace"), received)
-                    for jid, run_id, kind, _, body, received in fresh])
+    _bulk(db, "INSERT OR IGNORE INTO events (jid, run_id, event, body, received_at)", "", 5,
+          [(jid, run_id, kind, "" if kind in TASK_EVENTS else body.decode("utf-8", "replace"), received)
+           for jid, run_id, kind, _, body, received in fresh])
     # Statuses and counters follow every event, but a trace is converted only where it gives the row something:
     # the last event of a task in the batch carries (nearly) every field, so most earlier ones are skipped.
     tasks: dict[tuple[int, int], dict[str, Any]] = {}  # (run, task) -> {"was", "status", "traces": [raw, ...]}
@@ -167,8 +196,13 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
             key = (run_id, task_id)
             state = tasks.get(key)
             if state is None:
-                found = db.execute("SELECT status FROM tasks WHERE run_id = ? AND task_id = ?", key).fetchone()
-                was = found["status"] if found else None
+                known_statuses = statuses.get(run_id)
+                if known_statuses is None:  # first events of this run since the start: one query for all its tasks
+                    cursor = db.cursor()
+                    cursor.row_factory = None
+                    known_statuses = statuses[run_id] = dict(cursor.execute(
+                        "SELECT task_id, status FROM tasks WHERE run_id = ?", (run_id,)).fetchall())
+                was = known_statuses.get(task_id)
                 state = tasks[key] = {"was": was, "status": was, "traces": []}
             current = state["status"]
             if current is not None and _TASK_RANK.get(status, 0) < _TASK_RANK.get(current, 0):
@@ -193,7 +227,10 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled]) -> dict[str, An
         native = row.get("native_id")
         rows.append((run_id, task_id, *(str(native) if c == "native_id" and native is not None else row.get(c)
                                        for c in TASK_COLUMNS)))
-    db.executemany(_TASK_UPSERT, rows)
+    _bulk(db, _TASK_INSERT, _TASK_ON_CONFLICT, 2 + len(TASK_COLUMNS), rows)
+    for (run_id, task_id), state in tasks.items():
+        if state["traces"]:
+            statuses[run_id][task_id] = state["status"]
     for run_id, (submitted, completed, failed) in counters.items():
         if submitted or completed or failed:
             db.execute("UPDATE runs SET submitted_processes = submitted_processes + ?, completed_processes ="
@@ -213,8 +250,8 @@ def _merged_row(traces: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     missing = set(TASK_COLUMNS)
     for trace in reversed(traces):
-        if not any(_TRACE_KEY[column] in trace for column in missing):
-            continue
+        if not any(trace.get(_TRACE_KEY[column]) is not None for column in missing):
+            continue  # (a null converts to null: nothing to gain from converting this trace)
         try:
             task = nfhub_worker.task_from_weblog(trace)
         except ValueError:
@@ -546,6 +583,7 @@ class RunManager:
         self.boot = uuid.uuid4().hex[:12]
         self.seq = 0
         self.queue: list[Journaled] = []
+        self.task_status: dict[int, dict[int, str]] = {}  # run -> task -> committed status, for the applier only
         self.wake = anyio.Event()
         self.applied = 0  # journal sequence numbers applied so far (this boot)
         self.applied_event = anyio.Event()
@@ -600,6 +638,7 @@ class RunManager:
                 (project_id, user_id, pipeline_name, json.dumps(values), json.dumps(params), secret_hash(secret),
                  None, resume_of, now_iso()))
             run_id = int(cur.lastrowid or 0)
+            self.task_status.pop(run_id, None)  # a deleted project's run id may come back
             run_name = nfhub_worker.new_run_name(run_id)
             spec = self._spec(project_id, run_id, run_name, pipeline_name, params, secret, session)
             try:
@@ -706,6 +745,7 @@ class RunManager:
         cached = sum(1 for t in trace if t["status"] == "CACHED")
 
         def record(db: sqlite3.Connection) -> None:
+            self.task_status.pop(run_id, None)  # rows written here too; and the run is over
             for task in trace:  # cached tasks send no events, and events sent while nfhub was down are lost
                 upsert_task(db, run_id, task)
             db.execute("UPDATE runs SET status = ?, exit_code = ?, error_message = ?, finished_at = ?, session_id = ?,"
@@ -763,7 +803,9 @@ class RunManager:
         token = None
         for pair in query_string.split(b"&"):
             if pair.startswith(b"token="):
-                token = unquote(pair[6:].decode("latin-1"))
+                token = pair[6:].decode("latin-1")
+                if "%" in token:
+                    token = unquote(token)
                 break
         if not token and authorization and authorization[:6].lower() == "basic ":
             try:
@@ -782,11 +824,45 @@ class RunManager:
             return None
         return ref
 
-    async def ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The weblog endpoint as a bare ASGI app: Nextflow waits for every answer, so every microsecond counts.
+    def authorize(self, project_id: int, query_string: bytes, authorization: str | None) -> RunRef:
+        """The run a weblog request is for, by its secret; 401 otherwise. Checked before the body is read."""
+        ref = self.run_for_secret(query_string, authorization, project_id)
+        if ref is None:
+            raise APIError(401, "missing or wrong run secret")
+        return ref
 
-        Errors are raised as APIError and answered by the app's handlers like everywhere else."""
-        project_id = int(scope["path_params"]["id"])
+    def backlogged(self) -> bool:
+        """Whether the applier is so far behind that a sender must wait for it (memory stays bounded)."""
+        return len(self.queue) > MAX_QUEUED_EVENTS or self.queued_bytes > MAX_QUEUED_BYTES
+
+    def accept(self, ref: RunRef, body: bytes) -> None:
+        """Check one weblog event, make it durable and queue it for the applier; raises APIError (nothing recorded).
+        Synchronous: both the ASGI route and the HTTP-level fast lane (WeblogProtocol) answer 2xx once it returns."""
+        try:
+            event = _loads(body)
+        except ValueError:
+            try:  # what the stricter parser refuses and Python's takes (NaN, a lone surrogate, a BOM, ...)
+                event = json.loads(body)
+            except (ValueError, RecursionError):
+                raise APIError(400, "event is not valid JSON") from None
+        if type(event) is not dict or type(kind := event.get("event")) is not str:
+            raise APIError(400, "event must be a JSON object with an 'event' name")
+        if event.get("runName") not in (None, ref.run_name):
+            raise APIError(401, "event belongs to another run")
+        self.seq += 1
+        jid = f"{self.boot}-{self.seq}"
+        now = time.time()
+        record = f"{jid}\t{ref.run_id}\t{now}\t{len(body)}\n".encode() + body + b"\n"
+        os.write(self.journal_fd, record)  # durable against kill -9 once write(2) returns
+        self.journal_size += len(record)
+        self.queue.append((jid, ref.run_id, kind[:64], event, body, now))
+        self.queued_bytes += len(body)
+        if not self.wake.is_set():
+            self.wake.set()
+
+    async def ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The weblog endpoint as a bare ASGI app (served by uvicorn through WeblogProtocol's fast lane instead,
+        except for requests that lane leaves to ASGI). Errors are raised as APIError, answered like everywhere else."""
         authorization = None
         length = None
         for name, value in scope["headers"]:
@@ -794,9 +870,7 @@ class RunManager:
                 authorization = value.decode("latin-1")
             elif name == b"content-length":
                 length = value
-        ref = self.run_for_secret(scope["query_string"], authorization, project_id)
-        if ref is None:
-            raise APIError(401, "missing or wrong run secret")
+        ref = self.authorize(int(scope["path_params"]["id"]), scope["query_string"], authorization)
         if length is not None and length.isdigit() and int(length) > MAX_WEBLOG_BYTES:
             raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
         body = b""
@@ -807,25 +881,9 @@ class RunManager:
                 raise APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
             if not message.get("more_body"):
                 break
-        try:
-            event = json.loads(body)
-        except (ValueError, RecursionError):
-            raise APIError(400, "event is not valid JSON") from None
-        if not isinstance(event, dict) or not isinstance(event.get("event"), str):
-            raise APIError(400, "event must be a JSON object with an 'event' name")
-        if event.get("runName") not in (None, ref.run_name):
-            raise APIError(401, "event belongs to another run")
-        if len(self.queue) > MAX_QUEUED_EVENTS or self.queued_bytes > MAX_QUEUED_BYTES:
-            await self.flush()  # back-pressure: a sender far ahead of the database waits, memory stays bounded
-        self.seq += 1
-        jid = f"{self.boot}-{self.seq}"
-        now = time.time()
-        record = f"{jid}\t{ref.run_id}\t{now}\t{len(body)}\n".encode() + body + b"\n"
-        os.write(self.journal_fd, record)  # durable against kill -9 once write(2) returns
-        self.journal_size += len(record)
-        self.queue.append((jid, ref.run_id, event["event"][:64], event, body, now))
-        self.queued_bytes += len(body)
-        self.wake.set()
+        if self.backlogged():
+            await self.flush()  # back-pressure: a sender far ahead of the database waits
+        self.accept(ref, body)
         await send(_EMPTY_200)
         await send(_EMPTY_BODY)
 
@@ -871,16 +929,18 @@ class RunManager:
 
     async def _apply_batch(self, batch: list[Journaled]) -> None:
         try:
-            changed = await self.store.write_fn(apply_events, batch)
+            changed = await self.store.write_fn(apply_events, batch, self.task_status)
         except Exception:
+            self.task_status.clear()  # statuses of a transaction that did not commit
             # One malformed event must not take the others (or the next start) down with it: apply them one by one
             # and drop the ones that cannot be applied.
             changed = {"runs": set(), "tasks": {}}
             failed: Exception | None = None
             for item in batch:
                 try:
-                    one = await self.store.write_fn(apply_events, [item])
+                    one = await self.store.write_fn(apply_events, [item], self.task_status)
                 except Exception as exc:
+                    self.task_status.clear()
                     log.warning("run %s: dropped a weblog event that cannot be applied (%s: %s)", item[1],
                                 type(exc).__name__, exc)
                     failed = exc
@@ -997,6 +1057,123 @@ class RunManager:
         work = runs_dir(self.config, run["project_id"]) / "work"
         keep = [project_dir(self.config, run["project_id"])]
         return await anyio.to_thread.run_sync(nfhub_worker.clean_work_dir, work, [r["workdir"] for r in rows], keep)
+
+
+# ---- Weblog: the HTTP-level fast lane ------------------------------------------------------------------------------
+
+_WEBLOG_URL = re.compile(rb"/api/projects/(\d{1,18})/nextflow-log(?:\?(.*))?", re.DOTALL)
+
+
+def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple = ()) -> type:
+    """uvicorn's httptools protocol with a fast lane for Nextflow's weblog POSTs.
+
+    Nextflow sends one small event at a time and waits for each answer, so the per-request cost of the ASGI machinery
+    (a task, the receive/send coroutines, the middleware stack) is most of an event's cost. `state` is the app's
+    state, whose `runs` the lifespan sets. A POST to
+    /api/projects/<id>/nextflow-log is answered here, synchronously, inside the parser callbacks: the run's secret is
+    checked when the headers are complete, the body is collected, `RunManager.accept` journals and queues the event,
+    and the response bytes are written. The answers are the ones the ASGI route gives (same statuses, same JSON error
+    shape, plus the security headers). Requests the lane does not take (any other path or method, a pipelined request
+    behind one still being answered, `Expect: 100-continue`, a backlogged applier) go the ordinary ASGI way."""
+    if base is None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+    ok_tail = b"".join(name + b": " + value + b"\r\n" for name, value in extra_headers) + b"content-length: 0\r\n"
+    cache: list = [None, b""]  # uvicorn's default headers (server, date: a new list every second) and their bytes
+
+    class WeblogProtocol(base):  # type: ignore[misc, valid-type]
+        _weblog: list | None = None  # this request, when the lane takes it: [run or APIError, body chunks, size]
+        _runs: RunManager | None = None
+
+        def on_headers_complete(self) -> None:
+            match = _WEBLOG_URL.fullmatch(self.url)
+            runs = self._runs
+            if runs is None:  # the app's lifespan makes it, before the first connection is accepted
+                runs = self._runs = state.runs
+            if (match is None or self.parser.get_method() != b"POST" or self.expect_100_continue
+                    or not (self.cycle is None or self.cycle.response_complete) or runs.backlogged()):
+                self._weblog = None
+                super().on_headers_complete()
+                return
+            authorization = length = None
+            for name, value in self.headers:
+                if name == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif name == b"content-length":
+                    length = value
+            try:
+                ref: RunRef | APIError = runs.authorize(int(match[1]), match[2] or b"", authorization)
+            except APIError as exc:
+                ref = exc  # answered once the body is in (and dropped), so the connection stays usable
+            self._weblog = [ref, [], 0]
+            if length is not None and length.isdigit() and int(length) > MAX_WEBLOG_BYTES:
+                self._weblog_too_large()
+
+        def _weblog_too_large(self) -> None:
+            # answered at once and the connection closed, as the ASGI route does: nobody reads megabytes to refuse them
+            ref = self._weblog[0]  # type: ignore[index]
+            error = ref if type(ref) is APIError else APIError(413, f"event larger than {MAX_WEBLOG_BYTES} bytes")
+            self._weblog_answer(error, close=True)
+
+        def on_body(self, body: bytes) -> None:
+            weblog = self._weblog
+            if weblog is None:
+                super().on_body(body)
+                return
+            if weblog[0] is None:
+                return  # already answered, the connection is closing
+            weblog[2] += len(body)
+            if weblog[2] > MAX_WEBLOG_BYTES:
+                self._weblog_too_large()
+            elif type(weblog[0]) is RunRef:
+                weblog[1].append(body)  # (a refused request's body is dropped)
+
+        def on_message_complete(self) -> None:
+            weblog = self._weblog
+            if weblog is None:
+                super().on_message_complete()
+                return
+            self._weblog = None
+            ref, chunks, _ = weblog
+            if ref is None:
+                return  # answered early (413), the connection is closing
+            if type(ref) is RunRef:
+                try:
+                    self._runs.accept(ref, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                    ref = None
+                except APIError as exc:
+                    ref = exc
+            self._weblog_answer(ref, close=False)
+
+        def _weblog_answer(self, error: APIError | None, close: bool) -> None:
+            if self._weblog is not None:
+                self._weblog[0] = None
+            keep = not close and self.parser is not None and self.parser.should_keep_alive() \
+                and self.parser.get_http_version() != "1.0"
+            defaults = self.server_state.default_headers
+            if cache[0] is not defaults:
+                cache[0], cache[1] = defaults, b"".join(n + b": " + v + b"\r\n" for n, v in defaults)
+            if error is None:
+                head = [STATUS_LINE[200], cache[1], ok_tail]
+            else:
+                payload = json.dumps({"error": error.message}).encode()
+                head = [STATUS_LINE[error.status], cache[1],
+                        b"".join(n + b": " + v + b"\r\n" for n, v in extra_headers),
+                        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(payload)]
+            if not keep:
+                head.append(b"connection: close\r\n")
+            head.append(b"\r\n")
+            if error is not None:
+                head.append(payload)
+            self.transport.write(b"".join(head))
+            if keep:
+                self.on_response_complete()  # counts the request, re-arms the keep-alive timer
+            else:
+                self.server_state.total_requests += 1
+                self.transport.close()
+
+    return WeblogProtocol
 
 
 def _inside(path: Path, root: Path) -> bool:

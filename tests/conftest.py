@@ -128,7 +128,8 @@ class LiveServer:
         self.app = nfhub.create_app(config)
         self.url = f"http://127.0.0.1:{config.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_level="warning",
-                                                    lifespan="on", timeout_graceful_shutdown=2))
+                                                    lifespan="on", timeout_graceful_shutdown=2,
+                                                    http=nfhub.http_protocol(self.app)))  # as `nfhub serve` does
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.http = httpx.Client(base_url=self.url, timeout=30)
 

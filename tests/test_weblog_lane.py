@@ -1,0 +1,185 @@
+"""The weblog's HTTP-level fast lane (nfhub_runs.weblog_protocol): raw HTTP/1.1 against a real uvicorn, because what
+matters here is what goes over the wire: statuses, headers, keep-alive, pipelining, and requests it hands to ASGI."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+import nfhub
+from conftest import LiveServer, new_project, wait_for
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response off a keep-alive socket (content-length bodies only); leaves what follows it in buf."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {bytes(buf)!r}")
+        buf += chunk
+    head, _, _ = bytes(buf).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    start = len(head) + 4
+    length = int(headers.get("content-length", "0"))
+    while len(buf) < start + length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed in the body")
+        buf += chunk
+    body = bytes(buf[start:start + length])
+    del buf[:start + length]
+    return status, headers, body
+
+
+def _closed(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _post(path: str, body: bytes, extra: str = "", version: str = "1.1") -> bytes:
+    return (f"POST {path} HTTP/{version}\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+@pytest.fixture
+def weblog(server: LiveServer, token: dict, rows):
+    """A held run: (project id, weblog path with its secret, run row, a connect() for raw sockets)."""
+    http = server.http
+    pid = new_project(http, token, "slow", {})
+    assert http.post(f"/api/projects/{pid}/schedule", headers=token).status_code == 200
+    run = http.get(f"/api/projects/{pid}/runs", headers=token).json()["runs"][0]
+    config = (nfhub.runs_dir(server.config, pid) / str(run["id"]) / "nfhub.config").read_text()
+    path = f"/api/projects/{pid}/nextflow-log?token={config.split('token=')[1].split(chr(39))[0]}"
+    socks: list[socket.socket] = []
+
+    def connect() -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", server.config.port), timeout=10)
+        socks.append(sock)
+        return sock
+
+    yield pid, path, run, connect
+    for sock in socks:
+        sock.close()
+    http.post(f"/api/projects/{pid}/cancel", headers=token)
+
+
+def _event(run: dict, kind: str, **extra: object) -> bytes:
+    return json.dumps({"runName": run["run_name"], "runId": "s", "event": kind, "utcTime": "2026-01-01T00:00:00Z",
+                       **extra}, separators=(",", ":")).encode()
+
+
+def _task(run: dict, kind: str, task_id: int, status: str) -> bytes:
+    trace = {"task_id": task_id, "status": status, "hash": "ab/cdef12", "name": f"P ({task_id})", "exit": 2147483647,
+             "submit": 1_700_000_000_000, "start": 0, "process": "P", "tag": None, "workdir": "/w/ab/cdef12"}
+    return _event(run, kind, trace=trace)
+
+
+def test_lane_answers_like_the_route_and_keeps_the_connection(weblog, rows) -> None:
+    pid, path, run, connect = weblog
+    sock, buf = connect(), bytearray()
+    for task_id in (1001, 1002):  # (the run's own tasks have small ids)
+        sock.sendall(_post(path, _task(run, "process_submitted", task_id, "SUBMITTED")))
+        status, headers, body = _read_response(sock, buf)
+        assert (status, body, headers["content-length"]) == (200, b"", "0")
+        # the same protective headers as every other answer, and uvicorn's own
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "SAMEORIGIN"
+        assert "date" in headers and "connection" not in headers
+    wait_for(lambda: rows("SELECT count(*) FROM tasks WHERE run_id = ? AND task_id > 1000", (run["id"],))[0][0] == 2,
+             10, what="both tasks applied")
+    # an ordinary request on the same connection still goes through the routes
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n")
+    status, headers, body = _read_response(sock, buf)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_lane_refusals_record_nothing(weblog, rows) -> None:
+    pid, path, run, connect = weblog
+    sock, buf = connect(), bytearray()
+    wrong = path.rsplit("=", 1)[0] + "=not-the-secret"
+    cases = [
+        (_post(wrong, _task(run, "process_submitted", 1005, "SUBMITTED")), 401, "secret"),
+        (_post(f"/api/projects/{pid + 999}/nextflow-log?" + path.split("?")[1], _task(run, "process_submitted", 1005,
+                                                                                    "SUBMITTED")), 401, "secret"),
+        (_post(path, b"{not json"), 400, "not valid JSON"),
+        (_post(path, b"[1, 2]"), 400, "JSON object"),
+        (_post(path, _event({"run_name": "someone-else"}, "refused_probe")), 401, "another run"),
+    ]
+    for request, want, words in cases:
+        sock.sendall(request)
+        status, headers, body = _read_response(sock, buf)
+        assert status == want and headers["content-type"] == "application/json"
+        assert words in json.loads(body)["error"]
+        assert headers["x-content-type-options"] == "nosniff"
+    # the connection survived every refusal, and nothing of them was recorded
+    sock.sendall(_post(path, _event(run, "lane_probe")))
+    assert _read_response(sock, buf)[0] == 200
+    wait_for(lambda: rows("SELECT count(*) FROM events WHERE event = 'lane_probe'")[0][0] == 1, 10)
+    assert rows("SELECT count(*) FROM events WHERE event = 'refused_probe'")[0][0] == 0
+    assert rows("SELECT count(*) FROM tasks WHERE task_id = 1005")[0][0] == 0
+
+
+def test_lane_too_large_closes_without_reading(weblog, rows) -> None:
+    pid, path, run, connect = weblog
+    for target in (path, path.rsplit("=", 1)[0] + "=wrong"):
+        sock, buf = connect(), bytearray()
+        sock.sendall(f"POST {target} HTTP/1.1\r\nhost: x\r\ncontent-length: {(4 << 20) + 1}\r\n\r\n".encode()
+                     + b"{" * 1000)
+        status, headers, body = _read_response(sock, buf)
+        assert status == (413 if target == path else 401) and headers["connection"] == "close"
+        assert _closed(sock)
+    # chunked: no length up front, so the lane counts as it reads
+    sock, buf = connect(), bytearray()
+    sock.sendall(f"POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".encode())
+    status = None
+    try:
+        for _ in range(5):
+            sock.sendall(b"100000\r\n" + b"a" * 0x100000 + b"\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    status, headers, _ = _read_response(sock, buf)
+    assert status == 413 and _closed(sock)
+
+
+def test_lane_chunked_pipelined_and_http10(weblog, rows) -> None:
+    pid, path, run, connect = weblog
+    sock, buf = connect(), bytearray()
+    body = _task(run, "process_submitted", 1001, "SUBMITTED")
+    half = len(body) // 2
+    chunked = (f"POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+               f"{half:x}\r\n").encode() + body[:half] + f"\r\n{len(body) - half:x}\r\n".encode() + body[half:] \
+        + b"\r\n0\r\n\r\n"
+    # three requests in one write: answered in order, the ASGI one in the middle included
+    sock.sendall(chunked + b"GET /api/health HTTP/1.1\r\nhost: x\r\n\r\n"
+                 + _post(path, _task(run, "process_started", 1001, "RUNNING")))
+    answers = [_read_response(sock, buf) for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert json.loads(answers[1][2])["status"] == "ok" and answers[0][2] == answers[2][2] == b""
+    wait_for(lambda: [r[0] for r in rows("SELECT status FROM tasks WHERE run_id = ? AND task_id = 1001", (run["id"],))]
+             == ["RUNNING"], 10, what="both events applied in order")
+    # HTTP/1.0: answered, then closed
+    old = connect()
+    old.sendall(_post(path, _task(run, "process_submitted", 1002, "SUBMITTED"), version="1.0"))
+    status, headers, _ = _read_response(old, bytearray())
+    assert status == 200 and headers["connection"] == "close" and _closed(old)
+
+
+def test_expect_continue_goes_the_asgi_way(weblog, rows) -> None:
+    pid, path, run, connect = weblog
+    sock, buf = connect(), bytearray()
+    body = _task(run, "process_submitted", 1003, "SUBMITTED")
+    sock.sendall(_post(path, b"", "expect: 100-continue\r\n").replace(b"content-length: 0",
+                                                                      f"content-length: {len(body)}".encode()))
+    status, _, _ = _read_response(sock, buf)
+    assert status == 100
+    sock.sendall(body)
+    status, _, _ = _read_response(sock, buf)
+    assert status == 200
+    wait_for(lambda: rows("SELECT count(*) FROM tasks WHERE run_id = ? AND task_id = 1003", (run["id"],))[0][0] == 1,
+             10)
