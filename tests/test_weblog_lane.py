@@ -183,3 +183,53 @@ def test_expect_continue_goes_the_asgi_way(weblog, rows) -> None:
     assert status == 200
     wait_for(lambda: rows("SELECT count(*) FROM tasks WHERE run_id = ? AND task_id = 1003", (run["id"],))[0][0] == 1,
              10)
+
+
+# ---- the journal ------------------------------------------------------------------------------------------------------
+
+
+def test_journal_appends_grow_and_cut_records_read_as_the_end(tmp_path, monkeypatch) -> None:
+    import nfhub_runs
+
+    monkeypatch.setattr(nfhub_runs.Journal, "CHUNK", 4096)
+    journal = nfhub_runs.Journal(tmp_path / "j")
+    assert not journal.path.exists()  # nothing reserved before the first event
+    records = [f"r-{i}\t1\t1.0\t3\n".encode() + b"abc\n" for i in range(1000)]  # 17 KB: grows past 4 chunks
+    for record in records:
+        journal.append(record)
+    data = journal.path.read_bytes()
+    assert data.startswith(b"".join(records)) and not data[journal.pos:].strip(b"\0")
+    # a kill in the middle of a copy: the first byte goes in last, so the record reads as the end
+    journal.append(records[0])
+    journal.map[journal.pos - len(records[0])] = 0
+    data = journal.path.read_bytes()
+    assert data[len(b"".join(records))] == 0
+    journal.reset()
+    assert journal.pos == 0 and not journal.path.read_bytes().strip(b"\0")
+    journal.close(applied=True)
+    assert not journal.path.exists()
+
+
+def test_a_full_disk_refuses_the_event_with_507(weblog, server: LiveServer, rows) -> None:
+    pid, path, run, connect = weblog
+    journal = server.app.state.runs.journal
+    sock, buf = connect(), bytearray()
+    sock.sendall(_post(path, _event(run, "before_full")))
+    assert _read_response(sock, buf)[0] == 200
+
+    def full(need: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    size = journal.size
+    journal._grow, journal.size = full, journal.pos  # the reserved space is used up, and the disk is full
+    try:
+        sock.sendall(_post(path, _event(run, "disk_full")))
+        status, _, body = _read_response(sock, buf)
+    finally:
+        del journal._grow
+        journal.size = size
+    assert status == 507 and "space" in json.loads(body)["error"]
+    sock.sendall(_post(path, _event(run, "after_full")))
+    assert _read_response(sock, buf)[0] == 200
+    wait_for(lambda: rows("SELECT count(*) FROM events WHERE event = 'after_full'")[0][0] == 1, 10)
+    assert rows("SELECT count(*) FROM events WHERE event = 'disk_full'")[0][0] == 0
