@@ -147,3 +147,54 @@ def test_batches_give_what_applying_each_event_in_order_gives(tmp_path: Path) ->
                 assert got[task_id][column] == expected, (round_, task_id, column)
         run = _run(conn)
         assert [run["submitted_processes"], run["completed_processes"], run["failed_processes"]] == counts
+
+
+def test_fast_task_rows_convert_exactly_as_the_generic_conversion() -> None:
+    """The applier's fast conversion (plain JSON types) gives the same columns as nfhub_worker.task_from_weblog,
+    and declines (None) whatever it does not handle; _task_row merges like applying the traces one by one."""
+    import random
+
+    rng = random.Random(7)
+    texts = [None, "", " ", "-", "null", " - ", "x", " x ", "\tx", "FASTQC (s1)", "ab/cdef12", 5, 5.0, "日本", "\u3000"]
+    ints = [None, 0, -1, 1, 2147483647, 1_700_000_000_000, 2**63 - 1, 2**63, -(2**63), "12", 3.0, True, "-"]
+    floats = [None, 0.0, 98.5, 100, "98.5%", float("inf"), "x"]
+    natives = [None, 4242, "job.42", "", "-", 2**70, 3.5, " 7 "]
+    declined = 0
+    for _ in range(4000):
+        trace = {"task_id": 1}
+        for key in ("hash", "name", "process", "tag", "status", "workdir", "error_action"):
+            if rng.random() < 0.9:
+                trace[key] = rng.choice(texts)
+        for key in ("exit", "submit", "start", "complete", "duration", "realtime", "peak_rss", "attempt"):
+            if rng.random() < 0.9:
+                trace[key] = rng.choice(ints)
+        if rng.random() < 0.8:
+            trace["%cpu"] = rng.choice(floats)
+        if rng.random() < 0.8:
+            trace["native_id"] = rng.choice(natives)
+        fast = nfhub_runs._fast_task_row(trace)
+        generic = nfhub_runs.nfhub_worker.task_from_weblog(trace)
+        if fast is None:
+            declined += 1
+            continue
+        for column, value in zip(nfhub_runs.TASK_COLUMNS, fast, strict=True):
+            if column != "status":
+                assert value == generic[column] and type(value) is type(generic[column]), (column, trace)
+    assert 0 < declined < 4000  # both ways were exercised
+    # merging: each column keeps its last non-null value, whichever way the traces are converted
+    for _ in range(500):
+        traces = []
+        for _ in range(rng.randint(1, 4)):
+            trace = {"task_id": 1, "status": rng.choice(["SUBMITTED", "RUNNING", "COMPLETED"])}
+            for key in ("tag", "exit", "start", "native_id", "error_action", "%cpu"):
+                if rng.random() < 0.6:
+                    trace[key] = rng.choice({"tag": texts, "exit": ints, "start": ints, "native_id": natives,
+                                             "error_action": texts, "%cpu": floats}[key])
+            traces.append(trace)
+        row = nfhub_runs._task_row(traces, "RUNNING")
+        merged = nfhub_runs._merged_row(traces)
+        for column, value in zip(nfhub_runs.TASK_COLUMNS, row, strict=True):
+            want = "RUNNING" if column == "status" else merged.get(column)
+            if column == "native_id" and want is not None:
+                want = str(want)
+            assert value == want, (column, traces)

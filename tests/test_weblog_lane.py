@@ -163,6 +163,12 @@ def test_lane_chunked_pipelined_and_http10(weblog, rows) -> None:
     assert json.loads(answers[1][2])["status"] == "ok" and answers[0][2] == answers[2][2] == b""
     wait_for(lambda: [r[0] for r in rows("SELECT status FROM tasks WHERE run_id = ? AND task_id = 1001", (run["id"],))]
              == ["RUNNING"], 10, what="both events applied in order")
+    # an answer that closes the connection comes after the ones already due on it
+    sock.sendall(_post(path, _task(run, "process_submitted", 1004, "SUBMITTED"))
+                 + _post(path, _task(run, "process_submitted", 1005, "SUBMITTED"), "connection: close\r\n"))
+    first, second = _read_response(sock, buf), _read_response(sock, buf)
+    assert (first[0], second[0], second[1]["connection"]) == (200, 200, "close") and "connection" not in first[1]
+    assert _closed(sock)
     # HTTP/1.0: answered, then closed
     old = connect()
     old.sendall(_post(path, _task(run, "process_submitted", 1002, "SUBMITTED"), version="1.0"))
