@@ -20,7 +20,7 @@ test: install
 	$(BIN)/pytest -q
 
 bench: install
-	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 screenshots: install
 	NFHUB_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_page.py

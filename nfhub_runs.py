@@ -1268,6 +1268,10 @@ def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple =
                     ref = None
                 except APIError as exc:
                     ref = exc
+                except Exception:  # a bug: answered like the ASGI app's 500, never a broken connection
+                    log.exception("weblog event for run %s", ref.run_id)
+                    self._weblog_answer(APIError(500, "internal error"), close=True)
+                    return
             self._weblog_answer(ref, close=False)
 
         def _weblog_answer(self, error: APIError | None, close: bool) -> None:

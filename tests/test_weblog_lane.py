@@ -239,3 +239,22 @@ def test_a_full_disk_refuses_the_event_with_507(weblog, server: LiveServer, rows
     assert _read_response(sock, buf)[0] == 200
     wait_for(lambda: rows("SELECT count(*) FROM events WHERE event = 'after_full'")[0][0] == 1, 10)
     assert rows("SELECT count(*) FROM events WHERE event = 'disk_full'")[0][0] == 0
+
+
+def test_a_bug_in_the_lane_is_a_500_not_a_dead_connection(weblog, server: LiveServer, monkeypatch, rows) -> None:
+    pid, path, run, connect = weblog
+    runs = server.app.state.runs
+
+    def broken(ref: object, body: bytes) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runs, "accept", broken)
+    sock, buf = connect(), bytearray()
+    sock.sendall(_post(path, _event(run, "lane_bug")))
+    status, headers, body = _read_response(sock, buf)
+    assert status == 500 and json.loads(body) == {"error": "internal error"} and headers["connection"] == "close"
+    assert _closed(sock)
+    monkeypatch.delattr(runs, "accept")  # the real one again: the server goes on
+    sock, buf = connect(), bytearray()
+    sock.sendall(_post(path, _event(run, "after_bug")))
+    assert _read_response(sock, buf)[0] == 200
