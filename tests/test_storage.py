@@ -39,7 +39,8 @@ def test_store_pragmas_and_rollback(tmp_path: Path) -> None:
         await store.open()
         try:
             assert (await store.one("PRAGMA foreign_keys"))["foreign_keys"] == 1
-            assert (await store.one("PRAGMA busy_timeout"))["timeout"] >= 5000
+            async with store.write() as db:  # the writer waits for locks; quick reads never do (see below)
+                assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())["timeout"] >= 5000
             assert (await store.one("PRAGMA journal_mode"))["journal_mode"] == "wal"
             uid = await nfhub.create_user(store, "u")
             with pytest.raises(RuntimeError):
@@ -65,6 +66,31 @@ def test_store_pragmas_and_rollback(tmp_path: Path) -> None:
                 for i in range(50):
                     tg.start_soon(writer, i)
             assert (await store.one("SELECT count(*) AS n FROM projects"))["n"] == 50
+        finally:
+            await store.close()
+
+    anyio.run(main)
+
+
+def test_reads_past_the_step_budget_move_off_the_event_loop(tmp_path: Path) -> None:
+    """Quick reads run on the loop's thread; one that runs long is interrupted, finished on the reader's thread
+    with the same result, and its statement goes there directly from then on."""
+    heavy = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+             " SELECT count(*) AS c, sum(i) AS s FROM n")
+
+    async def main() -> None:
+        store = nfhub.Store(tmp_path / "db.sqlite")
+        await store.open()
+        try:
+            assert await store.one(heavy, (10,)) == {"c": 10, "s": 55}
+            assert heavy not in store.slow_reads  # small enough: answered on the loop's thread
+            assert await store.one(heavy, (300_000,)) == {"c": 300_000, "s": 300_000 * 300_001 // 2}
+            assert heavy in store.slow_reads
+            assert await store.one(heavy, (10,)) == {"c": 10, "s": 55}  # now always on the reader's thread
+            with pytest.raises(sqlite3.OperationalError, match="no such table"):  # real errors are errors
+                await store.one("SELECT * FROM nothing_here")
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                await store.all("DELETE FROM users")
         finally:
             await store.close()
 
