@@ -1299,13 +1299,6 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and (match := self.WEBLOG.fullmatch(scope["path"])):
-            scope["path_params"] = {"id": int(match[1])}
-            try:
-                await scope["app"].state.runs.ingest(scope, receive, send)
-            except APIError as exc:
-                await error_response(exc.status, exc.message, exc.details)(scope, receive, send)
-            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -1314,6 +1307,14 @@ class FrontDoor:
                 message["headers"] = [*headers, *(h for h in self.HEADERS if h[0] not in present)]
             await send(message)
 
+        if scope["method"] == "POST" and (match := self.WEBLOG.fullmatch(scope["path"])):
+            # (under `nfhub serve`, uvicorn's protocol answers these itself: nfhub_runs.weblog_protocol)
+            scope["path_params"] = {"id": int(match[1])}
+            try:
+                await scope["app"].state.runs.ingest(scope, receive, send_with_headers)
+            except APIError as exc:
+                await error_response(exc.status, exc.message, exc.details)(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
 
 

@@ -3,13 +3,15 @@ matters here is what goes over the wire: statuses, headers, keep-alive, pipelini
 
 from __future__ import annotations
 
+import asyncio
 import json
+import mmap
 import socket
 
 import pytest
 
 import nfhub
-from conftest import LiveServer, new_project, wait_for
+from conftest import LiveServer, db_rows, new_project, wait_for
 
 
 def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
@@ -54,7 +56,8 @@ def weblog(server: LiveServer, token: dict, rows):
     http = server.http
     pid = new_project(http, token, "slow", {})
     assert http.post(f"/api/projects/{pid}/schedule", headers=token).status_code == 200
-    run = http.get(f"/api/projects/{pid}/runs", headers=token).json()["runs"][0]
+    run = wait_for(lambda: [r for r in http.get(f"/api/projects/{pid}/runs", headers=token).json()["runs"]
+                            if r["status"] == "running"], 30, what="the run to start")[0]
     config = (nfhub.runs_dir(server.config, pid) / str(run["id"]) / "nfhub.config").read_text()
     path = f"/api/projects/{pid}/nextflow-log?token={config.split('token=')[1].split(chr(39))[0]}"
     socks: list[socket.socket] = []
@@ -67,7 +70,8 @@ def weblog(server: LiveServer, token: dict, rows):
     yield pid, path, run, connect
     for sock in socks:
         sock.close()
-    http.post(f"/api/projects/{pid}/cancel", headers=token)
+    if server.thread.is_alive():  # (some tests shut the server down)
+        http.post(f"/api/projects/{pid}/cancel", headers=token)
 
 
 def _event(run: dict, kind: str, **extra: object) -> bytes:
@@ -257,4 +261,143 @@ def test_a_bug_in_the_lane_is_a_500_not_a_dead_connection(weblog, server: LiveSe
     monkeypatch.delattr(runs, "accept")  # the real one again: the server goes on
     sock, buf = connect(), bytearray()
     sock.sendall(_post(path, _event(run, "after_bug")))
+    assert _read_response(sock, buf)[0] == 200
+
+
+# ---- found in review ----------------------------------------------------------------------------------------------
+
+
+def _protocols(server: LiveServer) -> set:
+    return set(server.server.server_state.connections)
+
+
+def test_no_keep_alive_timer_while_a_request_behind_a_lane_answer_runs(weblog, server: LiveServer, token) -> None:
+    """uvicorn arms its keep-alive timer only between requests: an event stream pipelined behind a lane answer
+    must not be cut by it."""
+    pid, path, run, connect = weblog
+    before = _protocols(server)
+    sock, buf = connect(), bytearray()
+    sock.sendall(_post(path, _event(run, "ka_probe")) + (
+        f"GET /api/projects/{pid}/events HTTP/1.1\r\nhost: x\r\nx-access-token: {token['x-access-token']}\r\n\r\n"
+    ).encode())
+    assert _read_response(sock, buf)[0] == 200
+    while b"\r\n\r\n" not in buf:  # the stream's head
+        buf += sock.recv(65536)
+    assert buf.startswith(b"HTTP/1.1 200")
+    (protocol,) = wait_for(lambda: _protocols(server) - before, 5)
+    assert protocol.cycle is not None and not protocol.cycle.response_complete
+    assert protocol.timeout_keep_alive_task is None
+    # and between requests it is armed, as uvicorn does
+    idle, idle_buf = connect(), bytearray()
+    idle.sendall(_post(path, _event(run, "ka_probe")))
+    assert _read_response(idle, idle_buf)[0] == 200
+    (other,) = wait_for(lambda: _protocols(server) - before - {protocol}, 5)
+    wait_for(lambda: other.timeout_keep_alive_task is not None, 5, what="the keep-alive timer")
+
+
+def test_an_upgrade_request_on_the_weblog_path_goes_the_asgi_way(weblog, server: LiveServer, caplog) -> None:
+    pid, path, run, connect = weblog
+    body = _event(run, "upgrade_probe")
+    sock = connect()
+    sock.sendall((f"POST {path} HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+                  "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n"
+                  f"content-length: {len(body)}\r\n\r\n").encode() + body)
+    sock.settimeout(5)
+    try:
+        answer = sock.recv(65536)
+    except TimeoutError:
+        answer = b""
+    assert not answer.startswith(b"HTTP/1.1 5")
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+
+
+def test_graceful_shutdown_answers_a_lane_request_under_way_then_closes(weblog, server: LiveServer) -> None:
+    pid, path, run, connect = weblog
+    request = _post(path, _event(run, "shutdown_probe"))
+    sock, buf = connect(), bytearray()
+    sock.sendall(request[:-10])  # headers and most of the body
+    (protocol,) = wait_for(lambda: [p for p in _protocols(server) if p._weblog is not None], 5)
+    server.server.should_exit = True  # SIGTERM
+    wait_for(lambda: protocol._weblog_closing, 5, what="uvicorn to ask the connection to close")
+    sock.sendall(request[-10:])
+    status, headers, _ = _read_response(sock, buf)
+    assert status == 200 and headers["connection"] == "close" and _closed(sock)
+    server.thread.join(15)
+    assert not server.thread.is_alive()
+    # applied before the loop stopped, or kept in the journal for the next start
+    journal = server.config.data_path / "weblog.journal"
+    assert db_rows(server.config, "SELECT count(*) FROM events WHERE event = 'shutdown_probe'")[0][0] == 1 or (
+        b"shutdown_probe" in journal.read_bytes())
+
+
+def test_an_acknowledged_event_not_yet_applied_keeps_the_journal(weblog, server: LiveServer, rows) -> None:
+    """The applier took the event off its queue but waits for the database when the server stops: the journal
+    must not be deleted, the next start applies it."""
+    pid, path, run, connect = weblog
+    state = server.app.state
+    loop = server.server.servers[0].get_loop()
+    # the run's own events are in (its two tasks run for a while): nothing else reaches the applier meanwhile
+    wait_for(lambda: rows("SELECT count(*) FROM tasks WHERE run_id = ? AND status = 'RUNNING'", (run["id"],))[0][0] == 2
+             and state.runs.applied == state.runs.seq, 30, what="the run's own events applied")
+
+    async def hold() -> None:  # any other write in progress
+        async with state.store.write():
+            await asyncio.sleep(3)
+
+    asyncio.run_coroutine_threadsafe(hold(), loop)
+    wait_for(lambda: state.store._lock.locked(), 5)
+    sock = connect()
+    sock.sendall(_post(path, _event(run, "acked_probe")))
+    assert _read_response(sock, bytearray())[0] == 200
+    wait_for(lambda: not state.runs.queue and state.runs.applied < state.runs.seq, 5,
+             what="the applier to take the event and wait for the database")
+    server.server.should_exit = True
+    server.thread.join(20)
+    journal = server.config.data_path / "weblog.journal"
+    assert b"acked_probe" in journal.read_bytes()
+    with LiveServer(server.config) as again:
+        wait_for(lambda: db_rows(again.config, "SELECT count(*) FROM events WHERE event = 'acked_probe'")[0][0] == 1,
+                 10, what="the replayed event")
+
+
+def test_a_failed_mmap_leaves_the_journal_usable(tmp_path, monkeypatch) -> None:
+    import nfhub_runs
+
+    monkeypatch.setattr(nfhub_runs.Journal, "CHUNK", 4096)
+    journal = nfhub_runs.Journal(tmp_path / "j")
+    journal.append(b"a" * 100 + b"\n")
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(nfhub_runs.mmap, "mmap", failing)
+    with pytest.raises(OSError):  # (the lane answers 507)
+        journal.append(b"b" * 5000 + b"\n")
+    monkeypatch.setattr(nfhub_runs.mmap, "mmap", mmap.mmap)
+    journal.append(b"c" * 10 + b"\n")
+    assert journal.path.read_bytes().startswith(b"a" * 100 + b"\n" + b"c" * 10 + b"\n")
+    journal.close(applied=False)
+
+
+def test_asgi_route_and_lane_answer_alike(weblog, server: LiveServer) -> None:
+    """The ASGI route (taken for Expect: 100-continue) and the lane give the same error body and headers."""
+    pid, path, run, connect = weblog
+    wrong = path.rsplit("=", 1)[0] + "=wrong"
+    answers = []
+    for extra in ("", "expect: 100-continue\r\n"):
+        sock, buf = connect(), bytearray()
+        body = b"{}"
+        sock.sendall(_post(wrong, b"", extra).replace(b"content-length: 0", b"content-length: 2"))
+        if extra:
+            pass  # a refused request is answered before its body is asked for
+        else:
+            sock.sendall(body)
+        status, headers, payload = _read_response(sock, buf)
+        answers.append((status, payload, headers["content-type"], headers["x-content-type-options"],
+                        headers["x-frame-options"]))
+    assert answers[0] == answers[1] == (401, b'{"error":"missing or wrong run secret"}', "application/json",
+                                        "nosniff", "SAMEORIGIN")
+    # a fragment is no part of the secret
+    sock, buf = connect(), bytearray()
+    sock.sendall(_post(path + "#x", _event(run, "fragment_probe")))
     assert _read_response(sock, buf)[0] == 200
