@@ -142,12 +142,13 @@ def _bulk(db: sqlite3.Connection, head: str, tail: str, width: int, rows: list[t
 
 
 def apply_events(db: sqlite3.Connection, batch: list[Journaled],
-                 statuses: dict[int, dict[int, str]] | None = None) -> dict[str, Any]:
+                 statuses: dict[int, dict[int, str]] | None = None, replay: bool = True) -> dict[str, Any]:
     """Apply weblog events in one transaction, each exactly once (by journal id). Runs on the writer's thread.
 
     The events of one task that arrive together (submitted, started, completed) become one row write, and the
     counters one UPDATE per run. `statuses` ({run: {task: status}}, as committed) spares a lookup per task; the
-    caller drops it when the transaction fails. Returns what changed, for the live views:
+    caller drops it when the transaction fails. `replay=False` says no event of the batch can have been applied
+    before (journal ids of this boot, never applied): the lookup of their ids is skipped. Returns what changed, for the live views:
     {"runs": {ids}, "tasks": {run: {ids}}}."""
     changed: dict[str, Any] = {"runs": set(), "tasks": {}}
     if statuses is None:
@@ -155,7 +156,7 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled],
     run_ids = tuple({item[1] for item in batch})
     known = {r["id"] for r in db.execute(f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(run_ids))})",
                                          run_ids).fetchall()}
-    jids = [item[0] for item in batch]
+    jids = [item[0] for item in batch] if replay else []
     seen: set[str] = set()
     for i in range(0, len(jids), 900):  # SQLite's bound-parameter limit
         part = jids[i:i + 900]
@@ -1030,7 +1031,7 @@ class RunManager:
                 batch, self.queue = self.queue[:APPLY_BATCH], self.queue[APPLY_BATCH:]
                 self.queued_bytes -= sum(len(item[4]) for item in batch)
                 try:
-                    await self._apply_batch(batch)
+                    await self._apply_batch(batch, replay=False)
                 except Exception:
                     # The database itself failed (disk full?): keep the journal, the next start replays it.
                     log.exception("could not apply %d weblog event(s); they stay in the journal", len(batch))
@@ -1041,9 +1042,9 @@ class RunManager:
             if self.applied >= self.seq and not self.journal_keep and self.journal.pos > JOURNAL_TRUNCATE:
                 self.journal.reset()  # everything in it is committed; no await since the check
 
-    async def _apply_batch(self, batch: list[Journaled]) -> None:
+    async def _apply_batch(self, batch: list[Journaled], replay: bool = True) -> None:
         try:
-            changed = await self.store.write_fn(apply_events, batch, self.task_status)
+            changed = await self.store.write_fn(apply_events, batch, self.task_status, replay)
         except Exception:
             self.task_status.clear()  # statuses of a transaction that did not commit
             # One malformed event must not take the others (or the next start) down with it: apply them one by one
@@ -1052,7 +1053,7 @@ class RunManager:
             failed: Exception | None = None
             for item in batch:
                 try:
-                    one = await self.store.write_fn(apply_events, [item], self.task_status)
+                    one = await self.store.write_fn(apply_events, [item], self.task_status, replay)
                 except Exception as exc:
                     self.task_status.clear()
                     log.warning("run %s: dropped a weblog event that cannot be applied (%s: %s)", item[1],
