@@ -1361,7 +1361,7 @@ def openapi_paths() -> dict[str, Any]:
     run = {"type": "object", "properties": {"run": {"type": "object"}}}
     secret = [_ID, _query("token", description="the run's secret (or HTTP Basic weblog.basicToken)")]
     weblog = _op("Nextflow's weblog events (only Nextflow posts here; authenticated by the run's secret)", auth=False,
-                 params=secret, body={"type": "object", "required": ["event"]}, errors=(400, 401, 413))
+                 params=secret, body={"type": "object", "required": ["event"]}, errors=(400, 401, 413, 507))
     finished_op = _op("An external worker reports the end of a run (the run's secret; user tokens get 403)",
                       auth=False, params=secret, body={"type": "object", "properties": {"exit_code": {
                           "type": ["integer", "null"]}}}, response={"type": "string"}, errors=(401, 403, 422))
