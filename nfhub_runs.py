@@ -1210,13 +1210,17 @@ def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple =
             transport = protocol.transport
             if transport.is_closing():
                 continue
-            transport.write(data)
-            if protocol._weblog_closing and not protocol._weblog_due:
-                transport.close()  # a graceful shutdown was waiting for this answer
-            elif protocol._weblog is None and (protocol.cycle is None or protocol.cycle.response_complete):
-                protocol.on_response_complete()  # counts the request, arms the keep-alive timer
-            else:
-                protocol.server_state.total_requests += 1
+            try:
+                transport.write(data)
+                if protocol._weblog_closing and not protocol._weblog_due:
+                    transport.close()  # a graceful shutdown was waiting for this answer
+                elif protocol._weblog is None and (protocol.cycle is None or protocol.cycle.response_complete):
+                    protocol.on_response_complete()  # counts the request, arms the keep-alive timer
+                else:
+                    protocol.server_state.total_requests += 1
+            except Exception:  # one connection's trouble is not the others'
+                log.exception("weblog answer to %s", protocol.client)
+                transport.abort()
 
     ok_tail = b"".join(name + b": " + value + b"\r\n" for name, value in extra_headers) + b"content-length: 0\r\n"
     cache: list = [None, b""]  # uvicorn's default headers (server, date: a new list every second) and their bytes
