@@ -1326,6 +1326,41 @@ def load_catalog_for(config: Config) -> dict[str, nfhub_catalog.Pipeline]:
         raise StartupError(f"pipeline catalog {config.pipelines}: {exc}") from None
 
 
+CATALOG_POLL = 2.0  # seconds between looks at the catalog file for changes
+
+
+async def watch_catalog(config: Config, catalog: dict[str, nfhub_catalog.Pipeline]) -> None:
+    """Reload the catalog when its file changes, in place (every holder of the dict sees the new one). A catalog that
+    does not validate is refused with the same messages as at startup, and the one in use stays."""
+    path = Path(config.pipelines)
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    seen = stamp()
+    while True:
+        await anyio.sleep(CATALOG_POLL)
+        now = stamp()
+        if now == seen or now is None:
+            continue
+        seen = now
+        try:
+            fresh = await anyio.to_thread.run_sync(nfhub_catalog.load_catalog, path)
+        except (nfhub_catalog.CatalogError, OSError) as exc:
+            log.error("pipeline catalog %s not reloaded, the previous one stays in use: %s", path, exc)
+            continue
+        except Exception:  # a bug must not take the server down with it
+            log.exception("pipeline catalog %s not reloaded, the previous one stays in use", path)
+            continue
+        catalog.clear()
+        catalog.update(fresh)
+        log.warning("pipeline catalog %s reloaded: %d pipeline(s)", path, len(fresh))
+
+
 async def ensure_first_user(store: Store) -> dict[str, Any]:
     """The first start creates the local admin account, like a fresh Jupyter server; returns the first admin."""
     user = await store.one("SELECT * FROM users WHERE is_admin = 1 ORDER BY id LIMIT 1")
@@ -1395,6 +1430,7 @@ def create_app(config: Config) -> Starlette:
             async with anyio.create_task_group() as tg:
                 app.state.task_group = tg
                 await runs.start(tg)
+                tg.start_soon(watch_catalog, config, app.state.catalog)
                 yield
                 # Running pipelines are left running: the next start adopts them.
                 tg.cancel_scope.cancel()

@@ -967,3 +967,39 @@ def test_documented_example_loads(tmp_path: Path, project: Path) -> None:
         "outdir": f"{project}/results",
     }
     assert catalog["rnaseq"].static_arguments == {"outdir": "results", "genome": "GRCh38"}
+
+
+def test_catalog_file_changes_are_picked_up_without_a_restart(catalog: Path, live_settings: dict, config_file: Path,
+                                                              make_user, monkeypatch, caplog) -> None:
+    """An admin edits nextflow_projects.yaml: a valid catalog replaces the one in use; an invalid one is refused
+    with the startup's message, and the previous catalog keeps serving."""
+    import yaml
+
+    import nfhub
+    from conftest import LiveServer, wait_for
+
+    monkeypatch.setattr(nfhub, "CATALOG_POLL", 0.05)
+    config_file.write_text(yaml.safe_dump(live_settings))
+    with LiveServer(nfhub.load_config(config_file, environ={})) as server:
+        token = {"x-access-token": make_user("ada")}
+        names = lambda: server.http.get("/api/nextflow-projects", headers=token).json()["nextflow_projects"]  # noqa: E731
+        before = names()
+        assert "extra" not in before
+        entries = yaml.safe_load(catalog.read_text())
+        entries["extra"] = {"description": "added while running", "source": entries["hello"]["source"]}
+        catalog.write_text(yaml.safe_dump(entries))
+        wait_for(lambda: "extra" in names(), 10, what="the new pipeline")
+        r = server.http.get("/api/nextflow-projects/extra", headers=token)
+        assert r.status_code == 200 and r.json()["nextflow_project"]["description"] == "added while running"
+        # a broken edit: refused, the catalog in use stays
+        entries["broken"] = {"description": "x", "source": entries["hello"]["source"],
+                             "arguments": {"n": {"type": "no-such-type"}}}
+        catalog.write_text(yaml.safe_dump(entries))
+        wait_for(lambda: any("not reloaded" in r.getMessage() and "broken" in r.getMessage()
+                             for r in caplog.records), 10, what="the refusal in the log")
+        assert sorted(names()) == sorted([*before, "extra"])
+        # removed again: gone from the list, and a project set to it cannot be scheduled
+        del entries["broken"], entries["extra"]
+        catalog.write_text(yaml.safe_dump(entries))
+        wait_for(lambda: "extra" not in names(), 10, what="the pipeline to go")
+        assert server.http.get("/api/nextflow-projects/extra", headers=token).status_code == 404
