@@ -1,0 +1,281 @@
+"""nfhub storage: the SQLite schema (numbered migrations), its connection settings, and `Store`, the one write path
+plus the read paths every handler uses. Split out of nfhub.py (which re-exports these names) when it passed ~1,500
+lines; it imports nothing of nfhub.
+
+Imported by nfhub at its import time; nothing here runs at import time."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+
+class StartupError(Exception):
+    """A configuration problem that stops nfhub from starting; the message names the setting."""
+
+
+# Numbered migrations; PRAGMA user_version holds how many have run. Append only, never edit a released one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        display_name TEXT,
+        email TEXT,
+        provider TEXT NOT NULL DEFAULT 'local',
+        subject TEXT,
+        password_hash TEXT,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        tokens_valid_after INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        UNIQUE (provider, subject)
+    );
+    CREATE TABLE tokens (
+        jti TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('personal', 'session')),
+        name TEXT,
+        created_at TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX tokens_user ON tokens(user_id);
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        nextflow_project TEXT,
+        workflow_arguments TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX projects_owner ON projects(owner_id);
+    CREATE TABLE shares (
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        access TEXT NOT NULL CHECK (access IN ('read', 'write')),
+        PRIMARY KEY (project_id, user_id)
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        user_id INTEGER REFERENCES users(id),
+        status TEXT NOT NULL,
+        nextflow_project TEXT NOT NULL,
+        arguments TEXT NOT NULL DEFAULT '{}',
+        params TEXT NOT NULL DEFAULT '{}',
+        command TEXT NOT NULL DEFAULT '[]',
+        run_name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        session_id TEXT,
+        resume_of INTEGER,
+        submitted_processes INTEGER NOT NULL DEFAULT 0,
+        completed_processes INTEGER NOT NULL DEFAULT 0,
+        failed_processes INTEGER NOT NULL DEFAULT 0,
+        cached_processes INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        error_message TEXT,
+        failed_task TEXT,
+        stats TEXT,
+        pid INTEGER,
+        pid_start INTEGER,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT
+    );
+    CREATE INDEX runs_project ON runs(project_id, id);
+    CREATE TABLE tasks (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        task_id INTEGER NOT NULL,
+        hash TEXT, name TEXT, process TEXT, tag TEXT, status TEXT NOT NULL,
+        exit INTEGER, submit INTEGER, start INTEGER, complete INTEGER, duration INTEGER, realtime INTEGER,
+        cpu_percent REAL, peak_rss INTEGER, workdir TEXT, native_id TEXT, attempt INTEGER, error_action TEXT,
+        PRIMARY KEY (run_id, task_id)
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        jid TEXT NOT NULL UNIQUE,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        event TEXT NOT NULL,
+        body TEXT NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX events_run ON events(run_id, id);
+    """,
+]
+
+USER_CACHE_SECONDS = 2.0
+# A read runs on the event loop's own thread while it stays under this many SQLite VM steps (about a millisecond);
+# past it, it is interrupted and goes to the read connection's thread, as every later run of the same statement.
+QUICK_READ_STEPS = 50_000
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _pragmas(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    # WAL + NORMAL: a commit survives a crash or kill -9 of nfhub (not a power cut), and costs no fsync.
+    conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def migrate(path: Path) -> int:
+    """Create or upgrade the database file; returns the schema version. Safe to call from several processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+    try:
+        _pragmas(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StartupError(f"database {path} has schema version {version}, newer than this nfhub knows")
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(MIGRATIONS)
+    finally:
+        conn.close()
+
+
+def _row_dict(cursor: Any, row: tuple) -> dict[str, Any]:
+    return {col[0]: row[i] for i, col in enumerate(cursor.description)}
+
+
+class Store:
+    """SQLite access: one write connection behind a lock (the only write path) and one read connection."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._quick: sqlite3.Connection | None = None  # the loop thread's own read connection (see all())
+        self._quick_steps = 0
+        self.slow_reads: set[str] = set()  # statements that ran past QUICK_READ_STEPS once
+        self._lock = anyio.Lock()
+        self.users: dict[int, tuple[float, dict[str, Any]]] = {}  # user id -> (valid until, row)
+
+    async def open(self) -> None:
+        migrate(self.path)
+        self._writer = await self._connect()
+        self._reader = await self._connect()
+        await self._reader.execute("PRAGMA query_only=1")
+        quick = sqlite3.connect(self.path, isolation_level=None, timeout=0)  # busy: the reader's thread waits
+        quick.row_factory = _row_dict
+        for pragma in ("query_only=1", "foreign_keys=ON"):
+            quick.execute(f"PRAGMA {pragma}")
+        quick.set_progress_handler(self._quick_progress, 1000)
+        self._quick = quick
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = _row_dict  # type: ignore[assignment]
+        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL"):
+            await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def _quick_progress(self) -> int:
+        self._quick_steps += 1000
+        return self._quick_steps > QUICK_READ_STEPS  # nonzero interrupts the statement
+
+    async def close(self) -> None:
+        if self._quick is not None:
+            self._quick.close()
+            self._quick = None
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The one write path: BEGIN IMMEDIATE … COMMIT under a lock; rollback on any exception or cancellation."""
+        assert self._writer is not None
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._writer.execute("ROLLBACK")
+                raise
+            with anyio.CancelScope(shield=True):
+                await self._writer.execute("COMMIT")
+                self.users.clear()  # any write may have changed a user (password, revocation, …)
+
+    async def user(self, user_id: int) -> dict[str, Any] | None:
+        """The user row, from a short-lived cache: every authenticated request needs it. Writes through write()
+        empty the cache; a change made outside nfhub (sqlite3 by hand) shows within USER_CACHE_SECONDS."""
+        cached = self.users.get(user_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return dict(cached[1])
+        row = await self.one("SELECT * FROM users WHERE id = ?", (user_id,))
+        if row is not None:
+            if len(self.users) > 10_000:
+                self.users.clear()
+            self.users[user_id] = (time.monotonic() + USER_CACHE_SECONDS, dict(row))
+        return row
+
+    async def write_fn(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(sqlite3_connection, *args)` as one transaction on the writer's own thread, in one hop.
+
+        For hot paths (weblog events): many statements cost one thread round trip instead of one each. Uses
+        aiosqlite's queue to its thread (`_execute`), so it stays ordered with the other writes."""
+        assert self._writer is not None
+        writer = self._writer
+
+        def transaction() -> Any:
+            conn = writer._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        async with self._lock:
+            with anyio.CancelScope(shield=True):  # once queued it runs to its end; wait for it
+                return await writer._execute(transaction)
+
+    async def all(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+        """Rows of a read. Most reads take SQLite some microseconds: they run right here, on the event loop's
+        thread, where a hop to the read connection's thread and back (two thread wake-ups) would cost several times
+        the query. One that runs past QUICK_READ_STEPS is interrupted and handed to that thread, as are its later
+        runs, so the loop is never held for more than about a millisecond."""
+        quick = self._quick
+        if quick is not None and sql not in self.slow_reads:
+            self._quick_steps = 0
+            try:
+                return quick.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if self._quick_steps <= QUICK_READ_STEPS and "locked" not in str(exc):
+                    raise
+                if self._quick_steps > QUICK_READ_STEPS:
+                    self.slow_reads.add(sql)
+        assert self._reader is not None
+        return list(await self._reader.execute_fetchall(sql, params))  # type: ignore[arg-type]
+
+    async def one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None:
+        rows = await self.all(sql, params)
+        return rows[0] if rows else None
