@@ -601,7 +601,8 @@ class Journal:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         size = max(self.size * 2, -(-need // self.CHUNK) * self.CHUNK)
         os.posix_fallocate(self.fd, 0, size)  # OSError (ENOSPC) here: nothing was written
-        mapped = mmap.mmap(self.fd, size)  # (and if this fails, the old map still serves)
+        # (if this fails, the old map still serves); populated now rather than a page fault at a time while answering
+        mapped = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         if self.map is not None:
             self.map.close()
         self.map, self.size = mapped, size
@@ -703,6 +704,7 @@ class RunManager:
         self.queue: list[Journaled] = []
         self.task_status: dict[int, dict[int, str]] = {}  # run -> task -> committed status, for the applier only
         self.wake = anyio.Event()
+        self.woken = False  # whether `wake` is set (anyio's Event.is_set is a Python call: this is on every event)
         self.applied = 0  # journal sequence numbers applied so far (this boot)
         self.applied_event = anyio.Event()
         self.journal_path = config.data_path / "weblog.journal"
@@ -967,14 +969,15 @@ class RunManager:
         jid = f"{self.boot}-{self.seq}"
         now = time.time()
         try:
-            self.journal.append(f"{jid}\t{ref.run_id}\t{now}\t{len(body)}\n".encode() + body + b"\n")
+            self.journal.append(b"%s\t%d\t%r\t%d\n%s\n" % (jid.encode(), ref.run_id, now, len(body), body))
         except OSError as exc:
             self.seq -= 1
             log.error("weblog journal: %s", exc)
             raise APIError(507, "no space left to record the event") from None
         self.queue.append((jid, ref.run_id, kind[:64], event, body, now))
         self.queued_bytes += len(body)
-        if not self.wake.is_set():
+        if not self.woken:
+            self.woken = True
             self.wake.set()
 
     async def ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -1008,6 +1011,7 @@ class RunManager:
         """Wait until every event acknowledged so far is applied."""
         target = self.seq
         self.hurry += 1
+        self.woken = True
         self.wake.set()
         try:
             while self.applied < target:
@@ -1027,6 +1031,7 @@ class RunManager:
                 if self.seq == seen:
                     break
             self.wake = anyio.Event()
+            self.woken = False
             while self.queue:
                 batch, self.queue = self.queue[:APPLY_BATCH], self.queue[APPLY_BATCH:]
                 self.queued_bytes -= sum(len(item[4]) for item in batch)
