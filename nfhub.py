@@ -1271,13 +1271,12 @@ def _print_banner(config: Config, app: Starlette) -> None:
 def http_protocol(app: Starlette) -> type | str:
     """uvicorn's httptools protocol with nfhub's weblog fast lane (nfhub_runs.weblog_protocol); plain "auto" where
     httptools is missing (uvicorn without [standard]): the weblog route then answers through ASGI."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return "auto"
     import nfhub_runs
 
-    return nfhub_runs.weblog_protocol(app.state, HttpToolsProtocol, FrontDoor.HEADERS)
+    try:
+        return nfhub_runs.weblog_protocol(app.state, FrontDoor.HEADERS)
+    except ImportError:
+        return "auto"
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:

@@ -226,10 +226,8 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled],
     for (run_id, task_id), state in tasks.items():
         if state["traces"]:
             rows.append((run_id, task_id, *_task_row(state["traces"], state["status"])))
+            statuses[run_id][task_id] = state["status"]  # (a failed transaction makes the caller drop the cache)
     _bulk(db, _TASK_INSERT, _TASK_ON_CONFLICT, 2 + len(TASK_COLUMNS), rows)
-    for (run_id, task_id), state in tasks.items():
-        if state["traces"]:
-            statuses[run_id][task_id] = state["status"]
     for run_id, (submitted, completed, failed) in counters.items():
         if submitted or completed or failed:
             db.execute("UPDATE runs SET submitted_processes = submitted_processes + ?, completed_processes ="
@@ -1186,7 +1184,7 @@ class RunManager:
 _WEBLOG_URL = re.compile(rb"/api/projects/(\d{1,18})/nextflow-log(?:\?([^#]*))?(?:#.*)?", re.DOTALL)
 
 
-def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple = ()) -> type:
+def weblog_protocol(state: Any, extra_headers: tuple = ()) -> type:
     """uvicorn's httptools protocol with a fast lane for Nextflow's weblog POSTs.
 
     Nextflow sends one small event at a time and waits for each answer, so the per-request cost of the ASGI machinery
@@ -1196,10 +1194,8 @@ def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple =
     and the answer is written at the end of the event loop's pass. The answers are the ones the ASGI route gives
     (same statuses, JSON error bodies and headers). Requests the lane does not take (any other path or method, a
     pipelined request behind one still being answered, `Expect: 100-continue`, an upgrade, a backlogged applier) go
-    the ordinary ASGI way. `state` is the app's state, whose `runs` the lifespan sets."""
-    if base is None:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+    the ordinary ASGI way. `state` is the app's state, whose `runs` the lifespan sets. ImportError without httptools."""
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     # Answers given during one pass of the event loop are written together at its end, as the ASGI route's tasks
     # write theirs: on these 2 cores that cut the cost of each write by two thirds, because the sender it wakes up
@@ -1227,10 +1223,11 @@ def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple =
                 log.exception("weblog answer to %s", protocol.client)
                 transport.abort()
 
-    ok_tail = b"".join(name + b": " + value + b"\r\n" for name, value in extra_headers) + b"content-length: 0\r\n"
+    extra = b"".join(name + b": " + value + b"\r\n" for name, value in extra_headers)
+    ok_tail = extra + b"content-length: 0\r\n"
     cache: list = [None, b""]  # uvicorn's default headers (server, date: a new list every second) and their bytes
 
-    class WeblogProtocol(base):  # type: ignore[misc, valid-type]
+    class WeblogProtocol(HttpToolsProtocol):
         _weblog: list | None = None  # this request, when the lane takes it: [run or APIError, body chunks, size]
         _weblog_due = 0  # answers of this connection waiting for the end of the loop's pass
         _weblog_closing = False  # a graceful shutdown asked this connection to close after its answers
@@ -1321,8 +1318,7 @@ def weblog_protocol(state: Any, base: type | None = None, extra_headers: tuple =
                 head = [STATUS_LINE[200], cache[1], ok_tail]
             else:  # the body Starlette's JSONResponse renders for error_response
                 payload = json.dumps({"error": error.message}, ensure_ascii=False, separators=(",", ":")).encode()
-                head = [STATUS_LINE[error.status], cache[1],
-                        b"".join(n + b": " + v + b"\r\n" for n, v in extra_headers),
+                head = [STATUS_LINE[error.status], cache[1], extra,
                         b"content-length: %d\r\ncontent-type: application/json\r\n" % len(payload)]
             if not keep:
                 head.append(b"connection: close\r\n")
