@@ -64,6 +64,7 @@ log = logging.getLogger("nfhub")
 
 RUN_STATES = ("queued", "starting", "running", "succeeded", "failed", "cancelled", "lost")
 ACTIVE_STATES = ("queued", "starting", "running")
+ACTIVE_SQL = f"status IN {ACTIVE_STATES!r}"  # the same, as an SQL condition on runs
 MAX_JSON_BYTES = 1 << 20
 MAX_WEBLOG_BYTES = 4 << 20  # a `started` event carries all params: tens of KB, rarely more
 MAX_NAME_LENGTH = 200
@@ -714,8 +715,7 @@ async def projects_delete(request: Request) -> Response:
 
 
 async def _active_run(db: aiosqlite.Connection, project_id: int) -> bool:
-    async with db.execute("SELECT 1 FROM runs WHERE project_id = ? AND status IN ('queued', 'starting', 'running')"
-                          " LIMIT 1", (project_id,)) as cur:
+    async with db.execute(f"SELECT 1 FROM runs WHERE project_id = ? AND {ACTIVE_SQL} LIMIT 1", (project_id,)) as cur:
         return await cur.fetchone() is not None
 
 

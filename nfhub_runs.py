@@ -6,6 +6,7 @@ Imported by nfhub.create_app (never at nfhub's import time); Nextflow itself is 
 from __future__ import annotations
 
 import base64
+import bisect
 import hashlib
 import json
 import mmap
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 import nfhub_catalog
 import nfhub_worker
 from nfhub import (
+    ACTIVE_SQL,
     ACTIVE_STATES,
     MAX_SQLITE_INT,
     MAX_WEBLOG_BYTES,
@@ -670,10 +673,11 @@ class Broker:
             yield self._frame(self.seq, "snapshot", json.dumps(await snapshot(project_id)))
             after = self.seq
         while True:
-            for seq, kind, data in list(self.buffers.get(project_id, [])):
-                if seq > after:
-                    yield self._frame(seq, kind, data)
-                    after = seq
+            buf = self.buffers.get(project_id, [])
+            # seq numbers only grow: start at the first one not sent yet (a slice: the buffer may change meanwhile)
+            for seq, kind, data in buf[bisect.bisect_right(buf, after, key=itemgetter(0)):]:
+                yield self._frame(seq, kind, data)
+                after = seq
             event = anyio.Event()
             self.waiters.setdefault(project_id, set()).add(event)
             with anyio.move_on_after(self.heartbeat) as scope:
@@ -695,6 +699,7 @@ class RunManager:
         self.procs: dict[int, nfhub_worker.RunProcess] = {}
         self.terminating: set[int] = set()
         self.secrets: dict[str, RunRef] = {}  # sha256(secret) -> run, for weblog and finished
+        self.run_project: dict[int, int] = {}  # run id -> project id, for the live views
         self.known: dict[str, RunRef] = {}  # secrets seen in requests already -> run (same lifetime as above)
         self.ended: dict[int, anyio.Event] = {}
         self.boot = uuid.uuid4().hex[:12]
@@ -762,6 +767,7 @@ class RunManager:
             await db.execute("UPDATE runs SET run_name = ?, command = ?, session_id = ? WHERE id = ?",
                              (run_name, json.dumps(argv), session, run_id))
         self.secrets[secret_hash(secret)] = RunRef(run_id, project_id, run_name)
+        self.run_project[run_id] = project_id
         self.ended[run_id] = anyio.Event()
         self.dispatcher.submit(run_id)
         await self._publish_run(run_id)
@@ -863,8 +869,8 @@ class RunManager:
             for task in trace:  # cached tasks send no events, and events sent while nfhub was down are lost
                 upsert_task(db, run_id, task)
             db.execute("UPDATE runs SET status = ?, exit_code = ?, error_message = ?, finished_at = ?, session_id = ?,"
-                       " cached_processes = max(cached_processes, ?) WHERE id = ? AND status IN ('queued', 'starting',"
-                       " 'running')", (status, exit_code, message, now_iso(), session, cached, run_id))
+                       f" cached_processes = max(cached_processes, ?) WHERE id = ? AND {ACTIVE_SQL}",
+                       (status, exit_code, message, now_iso(), session, cached, run_id))
 
         await self.store.write_fn(record)
         await self._ended(run_id, status, exit_code)
@@ -881,8 +887,8 @@ class RunManager:
 
     # -- cancel
     async def cancel_project(self, project_id: int) -> None:
-        run = await self.store.one("SELECT * FROM runs WHERE project_id = ? AND status IN ('queued', 'starting',"
-                                   " 'running') ORDER BY id DESC LIMIT 1", (project_id,))
+        run = await self.store.one(f"SELECT * FROM runs WHERE project_id = ? AND {ACTIVE_SQL} ORDER BY id DESC LIMIT 1",
+                                   (project_id,))
         if run is None:
             return
         run_id = run["id"]
@@ -1110,10 +1116,10 @@ class RunManager:
 
     # -- recovery after a restart
     async def _recover(self) -> None:
-        rows = await self.store.all("SELECT * FROM runs WHERE status IN ('queued', 'starting', 'running')"
-                                    " ORDER BY id")
+        rows = await self.store.all(f"SELECT * FROM runs WHERE {ACTIVE_SQL} ORDER BY id")
         for run in rows:
             self.secrets[run["secret_hash"]] = RunRef(run["id"], run["project_id"], run["run_name"])
+            self.run_project[run["id"]] = run["project_id"]
             self.ended[run["id"]] = anyio.Event()
             if run["status"] == "queued" or (run["status"] == "starting" and not run["pid"]):
                 async with self.store.write() as db:
@@ -1142,6 +1148,9 @@ class RunManager:
     async def _publish_run(self, run_id: int, task_ids: set[int] | None = None) -> None:
         if not self.broker.waiters and not self.broker.buffers:
             return  # no event stream was ever opened: skip the query (it ran after every weblog batch)
+        known = self.run_project.get(run_id)
+        if known is not None and not self.broker.waiters.get(known) and known not in self.broker.buffers:
+            return  # nobody has ever listened to this run's project
         row = await self.store.one("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
                                    " WHERE r.id = ?", (run_id,))
         if row is None:

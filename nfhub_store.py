@@ -124,12 +124,13 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# WAL + NORMAL: a commit survives a crash or kill -9 of nfhub (not a power cut), and costs no fsync.
+PRAGMAS = ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL")
+
+
 def _pragmas(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
-    # WAL + NORMAL: a commit survives a crash or kill -9 of nfhub (not a power cut), and costs no fsync.
-    conn.execute("PRAGMA synchronous=NORMAL")
+    for pragma in PRAGMAS:
+        conn.execute(f"PRAGMA {pragma}")
 
 
 def migrate(path: Path) -> int:
@@ -189,7 +190,7 @@ class Store:
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = _row_dict  # type: ignore[assignment]
-        for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=5000", "synchronous=NORMAL"):
+        for pragma in PRAGMAS:
             await conn.execute(f"PRAGMA {pragma}")
         return conn
 
@@ -269,10 +270,10 @@ class Store:
             try:
                 return quick.execute(sql, params).fetchall()
             except sqlite3.OperationalError as exc:
-                if self._quick_steps <= QUICK_READ_STEPS and "locked" not in str(exc):
-                    raise
                 if self._quick_steps > QUICK_READ_STEPS:
                     self.slow_reads.add(sql)
+                elif "locked" not in str(exc):
+                    raise
         assert self._reader is not None
         return list(await self._reader.execute_fetchall(sql, params))  # type: ignore[arg-type]
 
