@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import mimetypes
@@ -169,6 +170,12 @@ class ProjectFiles:
     staging: Path
     max_upload_bytes: int
 
+    @functools.cached_property
+    def real_roots(self) -> tuple[str, tuple[str, ...]]:
+        """``root`` and ``link_roots`` resolved, once: every containment check (one per symlink in a listing) needs
+        them."""
+        return os.path.realpath(self.root), tuple(os.path.realpath(p) for p in self.link_roots)
+
 
 # ---- Paths -----------------------------------------------------------------------------------------------------------
 
@@ -232,17 +239,13 @@ def _check_new_name(name: str) -> str:
     return name
 
 
-def _roots(ctx: ProjectFiles) -> tuple[str, tuple[str, ...]]:
-    return os.path.realpath(ctx.root), tuple(os.path.realpath(p) for p in ctx.link_roots)
-
-
 def _inside(path: str, base: str) -> bool:
     # commonpath, not startswith: '/data/p/1-evil' starts with '/data/p/1' (CVE-2023-29159, CVE-2026-35397)
     return path == base or os.path.commonpath((path, base)) == base
 
 
 def _contain(ctx: ProjectFiles, real: str, *, writable: bool) -> None:
-    root, links = _roots(ctx)
+    root, links = ctx.real_roots
     if _inside(real, root):
         return
     if any(_inside(real, link) for link in links):
@@ -257,7 +260,7 @@ def _display(names: list[str]) -> str:
 
 
 def _resolve(ctx: ProjectFiles, names: list[str], *, must_exist: bool, allow_root: bool, writable: bool) -> str:
-    root = os.path.realpath(ctx.root)
+    root = ctx.real_roots[0]
     real = os.path.realpath(os.path.join(root, *names)) if names else root
     _contain(ctx, real, writable=writable)
     if not allow_root and real == root:
@@ -286,7 +289,7 @@ def resolve_path(
 
 def _resolve_new(ctx: ProjectFiles, names: list[str]) -> tuple[str, list[str]]:
     """Resolve the part of ``names`` that exists; return its real path and the missing names, checked and NFC."""
-    cur = os.path.realpath(ctx.root)
+    cur = ctx.real_roots[0]
     for i, name in enumerate(names):
         nxt = os.path.join(cur, name)
         if not os.path.lexists(nxt):
@@ -323,7 +326,7 @@ def _iso(ts: float) -> str:
 
 
 def _allowed_target(ctx: ProjectFiles, real: str) -> bool:
-    root, links = _roots(ctx)
+    root, links = ctx.real_roots
     return _inside(real, root) or any(_inside(real, link) for link in links)
 
 
@@ -730,12 +733,7 @@ class _Upload:
     def _open_part(self, target: _Target) -> None:
         assert self.total is not None and self.offset is not None
         prefix = _part_prefix(self.ctx, target.rel)
-        if prefix in _BUSY:
-            raise FilesError(
-                409,
-                "another request is uploading this file right now; retry shortly",
-                {"received": self._received_now(prefix)},
-            )
+        self._check_not_busy(prefix)
         path = f"{prefix}{self.total}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         size = os.fstat(fd).st_size
@@ -749,6 +747,14 @@ class _Upload:
             )
         _BUSY.add(prefix)
         self.key, self.fd, self.path, self.pos, self.base = prefix, fd, path, size, size
+
+    def _check_not_busy(self, prefix: str) -> None:
+        if prefix in _BUSY:
+            raise FilesError(
+                409,
+                "another request is uploading this file right now; retry shortly",
+                {"received": self._received_now(prefix)},
+            )
 
     def _received_now(self, prefix: str) -> int:
         try:
@@ -853,12 +859,7 @@ class _Upload:
     async def _restart_chunk(self, target: _Target) -> int:
         assert self.total is not None
         prefix = _part_prefix(self.ctx, target.rel)
-        if prefix in _BUSY:
-            raise FilesError(
-                409,
-                "another request is uploading this file right now; retry shortly",
-                {"received": self._received_now(prefix)},
-            )
+        self._check_not_busy(prefix)
         _BUSY.add(prefix)
         self.key = prefix
         for path, _total in _pending_parts(self.ctx, target.rel):
@@ -987,9 +988,9 @@ async def upload_status(ctx: ProjectFiles, request: Request) -> Response:
     name = _check_new_name(names[-1])
     key = unicodedata.normalize("NFC", _display([*existing, *new, name]))
     want = request.query_params.get("total")
-    if want is not None and (not want.isdigit() or not want.isascii()):
-        raise FilesError(400, "total must be a non-negative integer")
-    parts = [(p, t) for p, t in _pending_parts(ctx, key) if want is None or t == int(want)]
+    if want is not None:
+        want = _int_field({"total": want}, "total")
+    parts = [(p, t) for p, t in _pending_parts(ctx, key) if want is None or t == want]
     best: tuple[float, int, int] | None = None
     for path, total in parts:
         try:
@@ -1053,8 +1054,7 @@ class _OpenFileResponse(FileResponse):
 
     @contextlib.asynccontextmanager
     async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
-        await anyio.to_thread.run_sync(self._fp.seek, 0)
-        yield anyio.wrap_file(self._fp)
+        yield anyio.wrap_file(self._fp)  # just opened, at 0; the range handlers seek for themselves
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -1187,7 +1187,7 @@ async def download(ctx: ProjectFiles, request: Request) -> Response:
         raise FilesError(400, "path is required")
     names = _split(rel)
     real = _resolve(ctx, names, must_exist=True, allow_root=True, writable=False)
-    name = names[-1] if names else (os.path.basename(os.path.realpath(ctx.root)) or "project")
+    name = names[-1] if names else (os.path.basename(ctx.real_roots[0]) or "project")
     if os.path.isdir(real):
         headers = {"content-disposition": _disposition(f"{name}.zip"), **_SECURITY_HEADERS}
         return StreamingResponse(_zip_stream(ctx, real, name), media_type="application/zip", headers=headers)
