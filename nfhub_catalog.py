@@ -245,15 +245,13 @@ def _normalise(name: str, raw: Any) -> dict[str, Any]:
         ):
             raise _DefError(f"'max_length' must be a positive integer, not {max_length!r}")
     if kind == "value-select":
-        if defn["options"] is None:
-            raise _DefError("value-select needs a non-empty 'options' list")
         defn["options"] = _normalise_options(defn["options"])
     if kind != "separator" and not _unset(defn["default"]):
         default = defn["default"]
         error = _value_error(defn, default, None)
         if not error and kind in _PATH_TYPES:
             for item in default if isinstance(default, list) else [default]:
-                if not os.path.isabs(item) and not _URL_RE.match(item) and _escapes(item):
+                if _leaves_project(item):
                     error = f"relative path {item!r} leaves the project folder"
         if error:
             raise _DefError(f"default {default!r} is invalid: {error}")
@@ -468,6 +466,11 @@ def _escapes(rel: str) -> bool:
     return rel.startswith("/") or os.path.normpath(rel).split(os.sep)[0] == ".."
 
 
+def _leaves_project(item: str) -> bool:
+    """A relative path (not absolute, not a URL) that climbs out of the project folder."""
+    return not os.path.isabs(item) and not _URL_RE.match(item) and _escapes(item)
+
+
 def _load_source(base: Path, source: Any) -> tuple[str, bool]:
     if not isinstance(source, str) or not source.strip():
         raise _DefError("missing 'source' (a local directory with main.nf, owner/repo or an https git URL)")
@@ -603,7 +606,7 @@ def _load_pipeline(name: Any, raw: Any, base: Path) -> Pipeline:
             for item in items:
                 if not isinstance(item, str) or not item or "\0" in item:
                     raise CatalogError(f"{here}: path must be a string or a list of strings, not {value!r}")
-                if not os.path.isabs(item) and not _URL_RE.match(item) and _escapes(item):
+                if _leaves_project(item):
                     raise CatalogError(f"{here}: relative path {item!r} leaves the project folder")
             static_paths.add(key)
         static[key] = value
