@@ -187,7 +187,7 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled],
                 except ValueError:
                     continue
                 task_id, status = converted["task_id"], converted["status"]
-            status = status if status and status.strip() not in ("", "-", "null") else "NEW"
+            status = status if status and status.strip() not in nfhub_worker.MISSING_TEXT else "NEW"
             if kind == "error" or (status == "FAILED" and trace.get("error_action") in (None, "TERMINATE", "FINISH")):
                 # The task that made the run fail (errorStrategy 'finish' sends its trace with the error event).
                 try:
@@ -243,7 +243,6 @@ def apply_events(db: sqlite3.Connection, batch: list[Journaled],
 _STATUS = TASK_COLUMNS.index("status")
 _NATIVE = TASK_COLUMNS.index("native_id")
 _I64 = 1 << 63
-_MISSING_TEXT = ("", "-", "null")
 
 
 def _fast_task_row(trace: dict[str, Any]) -> list[Any] | None:
@@ -253,7 +252,7 @@ def _fast_task_row(trace: dict[str, Any]) -> list[Any] | None:
     g = trace.get
     texts = (g("hash"), g("name"), g("process"), g("tag"), g("workdir"), g("error_action"))
     for v in texts:
-        if v is not None and (type(v) is not str or v.strip() in _MISSING_TEXT):
+        if v is not None and (type(v) is not str or v.strip() in nfhub_worker.MISSING_TEXT):
             return None
     exit_code, submit, start, complete = g("exit"), g("submit"), g("start"), g("complete")
     duration, realtime, peak_rss, attempt = g("duration"), g("realtime"), g("peak_rss"), g("attempt")
@@ -265,7 +264,7 @@ def _fast_task_row(trace: dict[str, Any]) -> list[Any] | None:
         return None
     if type(native) is int:
         native = str(native)
-    elif native is not None and (type(native) is not str or native.strip() in _MISSING_TEXT):
+    elif native is not None and (type(native) is not str or native.strip() in nfhub_worker.MISSING_TEXT):
         return None
     return [texts[0], texts[1], texts[2], texts[3], None, None if exit_code == nfhub_worker.INT_MAX else exit_code,
             submit if submit is None or submit > 0 else None, start if start is None or start > 0 else None,

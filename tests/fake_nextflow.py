@@ -320,10 +320,8 @@ def parse_duration(value: Any) -> int | None:
     parts = re.findall(r"([\d.]+)\s*\.?\s*(ms|milli|s|sec|m|min|h|hour|d|day)s?\b", str(value), re.IGNORECASE)
     if not parts:
         raise ValueError(f"Not a valid duration value: {value}")
-    factor = {"ms": 1, "milli": 1, "s": 1000, "sec": 1000, "m": 60_000, "min": 60_000, "h": 3_600_000,
-              "hour": 3_600_000, "d": 86_400_000, "day": 86_400_000}
     for number, unit in parts:
-        total += float(number) * factor[unit.lower()]
+        total += float(number) * _TIME_UNITS[unit.lower()]
     return int(total)
 
 

@@ -1121,17 +1121,3 @@ def test_dispatcher_rejects_bad_limit() -> None:
     for bad in (0, -1, True):
         with pytest.raises(ValueError):
             w.Dispatcher(bad, start)  # type: ignore[arg-type]
-
-
-def test_weblog_fast_path_matches_the_generic_converters() -> None:
-    """task_from_weblog skips conversions for plain values; it must give exactly what the generic path gives."""
-    import random
-
-    values = [0, 1, -1, 5, 2147483647, 1.5, 98.5, "", "-", "null", " x ", "abc", "12", "1.2s", "12 MB", None, True,
-              {"year": 2021, "monthValue": 8, "dayOfMonth": 25}, "2024-01-02 10:11:12.345"]
-    keys = ["task_id", "hash", "name", "process", "tag", "status", "exit", "submit", "start", "complete", "duration",
-            "realtime", "%cpu", "peak_rss", "workdir", "native_id", "attempt", "error_action"]
-    rng = random.Random(7)
-    for _ in range(5000):
-        trace = {k: rng.choice(values) for k in keys if rng.random() < 0.8}
-        assert w._weblog_task(trace.get) == w._task(trace.get), trace
