@@ -540,13 +540,19 @@ async def authenticate(request: Request, token: str | None = None) -> dict[str, 
         user_id = int(claims["sub"])
     except (TypeError, ValueError):
         raise APIError(401, "invalid token: bad subject") from None
-    user = await state.store.user(user_id)
-    if user is None or user["disabled"]:
-        raise APIError(401, "invalid token: unknown or disabled user")
-    if int(claims["iat"]) < user["tokens_valid_after"]:
-        raise APIError(401, "token has been revoked")
-    user["is_admin"] = is_admin(state.config, user)
+    user = await _login_user(state, user_id, int(claims["iat"]))
+    if user is None:
+        raise APIError(401, "token has been revoked, or its user is unknown or disabled")
     user["claims"] = claims
+    return user
+
+
+async def _login_user(state: Any, user_id: int, iat: int) -> dict[str, Any] | None:
+    """The user a login issued at `iat` still stands for, or None: gone, disabled, or logged out everywhere since."""
+    user = await state.store.user(user_id)
+    if user is None or user["disabled"] or iat < user["tokens_valid_after"]:
+        return None
+    user["is_admin"] = is_admin(state.config, user)
     return user
 
 
@@ -646,10 +652,9 @@ async def projects_create(request: Request) -> Response:
 
 
 async def projects_update(request: Request) -> Response:
-    user = await authenticate(request)
+    user, row = await project_access(request, "write")
     state = request.app.state
-    project_id = _project_id(request)
-    row = await get_project(state.store, user, project_id, "write")
+    project_id = row["id"]
     data = await read_json(request)
     if "nextflow_argumenty" in data and "workflow_arguments" not in data:  # the seed's typo, kept as an alias
         data["workflow_arguments"] = data.pop("nextflow_argumenty")
@@ -691,10 +696,9 @@ async def projects_update(request: Request) -> Response:
 
 
 async def projects_delete(request: Request) -> Response:
-    user = await authenticate(request)
+    user, row = await project_access(request)
     state = request.app.state
-    project_id = _project_id(request)
-    row = await get_project(state.store, user, project_id)
+    project_id = row["id"]
     if row["access"] not in ("owner", "admin"):
         raise APIError(403, "only the owner or an admin can delete a project")
     async with state.store.write() as db:
@@ -744,6 +748,13 @@ def _stream_token(request: Request) -> str | None:
     return None
 
 
+async def project_access(request: Request, need: str = "read") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The user behind the request and the project of its path, which they may `need` (401, 404 or 403 otherwise):
+    the opening of every project handler."""
+    user = await authenticate(request, _stream_token(request))
+    return user, await get_project(request.app.state.store, user, _project_id(request), need)
+
+
 # ---- Handlers: project files -------------------------------------------------------------------------------------
 
 
@@ -756,10 +767,9 @@ def files_context(config: Config, project_id: int) -> nfhub_files.ProjectFiles:
 
 def _files_handler(handler: Callable, need: str) -> Callable:
     async def endpoint(request: Request) -> Response:
-        user = await authenticate(request, _stream_token(request))
+        user, project = await project_access(request, need)
         state = request.app.state
-        project_id = _project_id(request)
-        await get_project(state.store, user, project_id, need)
+        project_id = project["id"]
         ctx = files_context(state.config, project_id)
         ctx.root.mkdir(parents=True, exist_ok=True)
         return await handler(ctx, request)
@@ -792,10 +802,9 @@ def _read_view_ticket(key: bytes, ticket: str) -> tuple[int, int, str, int, str,
 
 async def view_link(request: Request) -> Response:
     """A short-lived URL that shows one file (and its folder's files, for a report's images) inline in the page."""
-    user = await authenticate(request)
+    user, project = await project_access(request)
     state = request.app.state
-    project_id = _project_id(request)
-    await get_project(state.store, user, project_id)
+    project_id = project["id"]
     data = await read_json(request)
     rel = data.get("path")
     if not isinstance(rel, str) or not rel:
@@ -824,10 +833,9 @@ async def view_file(request: Request) -> Response:
     rel = posixpath.normpath(request.path_params["path"])
     if rel.startswith(("/", "../")) or rel in ("..", ".") or posixpath.dirname(rel) != folder:
         raise APIError(404, "not found")
-    user = await state.store.one("SELECT * FROM users WHERE id = ? AND disabled = 0", (user_id,))
-    if user is None or jti in state.tokens.revoked or iat < user["tokens_valid_after"]:
+    user = None if jti in state.tokens.revoked else await _login_user(state, user_id, iat)
+    if user is None:
         raise APIError(404, "this view link is unknown or has expired")  # the login it came from has ended
-    user["is_admin"] = is_admin(state.config, user)
     await get_project(state.store, user, project_id)  # access may have been withdrawn since
     return await nfhub_files.view(files_context(state.config, project_id), rel, request)
 

@@ -44,12 +44,11 @@ from nfhub import (
     Store,
     _active_run,
     _project_id,
-    _stream_token,
-    authenticate,
     check_values,
     get_project,
     log,
     now_iso,
+    project_access,
     project_dir,
     read_json,
     runs_dir,
@@ -347,10 +346,9 @@ def _apply_run_event(db: sqlite3.Connection, run_id: int, kind: str, body: dict[
 
 
 async def schedule(request: Request) -> Response:
-    user = await authenticate(request)
+    user, project = await project_access(request, "write")
     state = request.app.state
-    project_id = _project_id(request)
-    project = await get_project(state.store, user, project_id, "write")
+    project_id = project["id"]
     data = await read_json(request)
     resume = data.get("resume", False)
     if set(data) - {"resume"}:
@@ -387,20 +385,18 @@ async def schedule(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    user = await authenticate(request)
+    user, project = await project_access(request, "write")
     state = request.app.state
-    project_id = _project_id(request)
-    await get_project(state.store, user, project_id, "write")
+    project_id = project["id"]
     await state.runs.cancel_project(project_id)
     project = await get_project(state.store, user, project_id)
     return JSONResponse({"is_scheduled": project["run_status"] in ACTIVE_STATES})
 
 
 async def _get_run(request: Request, need: str = "read") -> tuple[dict[str, Any], dict[str, Any]]:
-    user = await authenticate(request, _stream_token(request))
+    user, project = await project_access(request, need)
     state = request.app.state
-    project_id = _project_id(request)
-    await get_project(state.store, user, project_id, need)
+    project_id = project["id"]
     run_id = int(request.path_params["run_id"])
     row = await state.store.one("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
                                 " WHERE r.id = ? AND r.project_id = ?", (min(run_id, MAX_SQLITE_INT), project_id))
@@ -410,10 +406,9 @@ async def _get_run(request: Request, need: str = "read") -> tuple[dict[str, Any]
 
 
 async def runs_list(request: Request) -> Response:
-    user = await authenticate(request)
+    _, project = await project_access(request)
     state = request.app.state
-    project_id = _project_id(request)
-    await get_project(state.store, user, project_id)
+    project_id = project["id"]
     rows = await state.store.all("SELECT r.*, u.name AS user_name FROM runs r LEFT JOIN users u ON u.id = r.user_id"
                                  " WHERE r.project_id = ? ORDER BY r.id DESC", (project_id,))
     return JSONResponse({"runs": [run_json(r) for r in rows]})
@@ -522,11 +517,9 @@ STREAM_RECHECK = 5.0  # seconds between checks that an event stream's reader may
 
 
 async def project_events(request: Request) -> Response:
-    token = _stream_token(request)
-    user = await authenticate(request, token)
+    user, project = await project_access(request)
     state = request.app.state
-    project_id = _project_id(request)
-    await get_project(state.store, user, project_id)
+    project_id = project["id"]
     last = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
 
     streams = state.runs.streams
@@ -541,7 +534,7 @@ async def project_events(request: Request) -> Response:
             async for frame in state.runs.broker.stream(project_id, last, state.runs.snapshot):
                 if time.monotonic() >= check_at:
                     try:
-                        await get_project(state.store, await authenticate(request, token), project_id)
+                        await project_access(request)
                     except APIError:
                         return
                     check_at = time.monotonic() + STREAM_RECHECK
