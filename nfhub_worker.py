@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -631,11 +632,15 @@ def _number(value: Any) -> float | None:
 # no detour through float for the common case.
 
 
+def _whole(n: float) -> int | None:
+    return int(n) if math.isfinite(n) else None  # ('1e999' is a number too, and int() of it raises)
+
+
 def _int(value: Any) -> int | None:
     if type(value) is int:
         return value
     n = _number(value)
-    return None if n is None or n != n or n in (float("inf"), float("-inf")) else int(n)
+    return None if n is None else _whole(n)
 
 
 def _duration_ms(value: Any) -> int | None:
@@ -644,7 +649,7 @@ def _duration_ms(value: Any) -> int | None:
         return value
     n = _number(value)
     if n is not None:
-        return int(n)
+        return _whole(n)
     if _missing(value) or not isinstance(value, str):
         return None
     text = value.strip()
@@ -668,7 +673,7 @@ def _epoch_ms(value: Any) -> int | None:
         return value if value > 0 else None
     n = _number(value)
     if n is not None:
-        return int(n) if n > 0 else None
+        return _whole(n) if n > 0 else None
     if isinstance(value, dict):
         return _offset_datetime_ms(value)
     if _missing(value) or not isinstance(value, str):
@@ -716,7 +721,7 @@ def _bytes(value: Any) -> int | None:
         return value
     n = _number(value)
     if n is not None:
-        return int(n)
+        return _whole(n)
     if _missing(value) or not isinstance(value, str):
         return None
     m = _MEMORY_RE.match(value.strip())

@@ -1121,3 +1121,13 @@ def test_dispatcher_rejects_bad_limit() -> None:
     for bad in (0, -1, True):
         with pytest.raises(ValueError):
             w.Dispatcher(bad, start)  # type: ignore[arg-type]
+
+
+def test_numbers_too_large_for_an_int_convert_to_nothing(tmp_path: Path) -> None:
+    """A trace file with an absurd value ('1e999') gives no value for that column, not an exception that would
+    stop the run's bookkeeping."""
+    trace = tmp_path / "trace.txt"
+    trace.write_text("task_id\tstatus\tduration\tpeak_rss\tsubmit\texit\n1\tCOMPLETED\t1e999\t1e999\t1e999\t1e999\n")
+    (task,) = w.parse_trace(trace)
+    assert (task["task_id"], task["duration"], task["peak_rss"], task["submit"], task["exit"]) == (
+        1, None, None, None, None)
