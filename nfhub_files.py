@@ -472,20 +472,28 @@ def _file_names(filename: str) -> list[str]:
     return names
 
 
-def _plan(ctx: ProjectFiles, directory: str, file_names: list[str]) -> _Target:
-    names = _split(directory) + file_names[:-1]
+def _writable_folder(ctx: ProjectFiles, names: list[str]) -> tuple[str, list[str], list[str]]:
+    """Where a file goes in folder ``names``: the real path of the part that exists (writable), its names, and the
+    checked names of the folders still to create."""
     cur, new = _resolve_new(ctx, names)
     _contain(ctx, cur, writable=True)
-    existing = names[: len(names) - len(new)]
+    return cur, names[: len(names) - len(new)], new
+
+
+def _file_key(folder: list[str], name: str) -> str:
+    """The path a file is known by, pending uploads included: from the project folder, NFC."""
+    return unicodedata.normalize("NFC", _display([*folder, name]))
+
+
+def _plan(ctx: ProjectFiles, directory: str, file_names: list[str]) -> _Target:
+    cur, existing, new = _writable_folder(ctx, _split(directory) + file_names[:-1])
     if os.path.exists(cur) and not os.path.isdir(cur):
         raise FilesError(409, f"not a folder: {_display(existing)}")
     parent = os.path.join(cur, *new)
     name = file_names[-1]
     if os.path.isdir(os.path.join(parent, name)):
         raise FilesError(409, f"a folder with this name exists: {_display([*existing, *new, name])}")
-    rel_dir = _display(existing + new)
-    rel = unicodedata.normalize("NFC", f"{rel_dir}/{name}" if rel_dir else name)
-    return _Target(parent=parent, name=name, directory=rel_dir, rel=rel)
+    return _Target(parent=parent, name=name, directory=_display(existing + new), rel=_file_key(existing + new, name))
 
 
 def _commit(ctx: ProjectFiles, fd: int, src: str, target: _Target) -> str | None:
@@ -982,11 +990,8 @@ async def upload_status(ctx: ProjectFiles, request: Request) -> Response:
     names = _split(rel)
     if not names:
         raise FilesError(400, "path must name a file")
-    cur, new = _resolve_new(ctx, names[:-1])
-    _contain(ctx, cur, writable=True)
-    existing = names[: len(names) - 1 - len(new)]
-    name = _check_new_name(names[-1])
-    key = unicodedata.normalize("NFC", _display([*existing, *new, name]))
+    _, existing, new = _writable_folder(ctx, names[:-1])
+    key = _file_key([*existing, *new], _check_new_name(names[-1]))
     want = request.query_params.get("total")
     if want is not None:
         want = _int_field({"total": want}, "total")
