@@ -65,6 +65,7 @@ class RateLimiter:
         self.limit = limit
         self.window = window
         self._hits: dict[str, deque[float]] = {}
+        self._prune_at = 10_000  # keys held before the stale ones are dropped
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         hits = self._hits.get(key)
@@ -87,9 +88,10 @@ class RateLimiter:
 
     def hit(self, key: str) -> None:
         now = time.monotonic()
-        if len(self._hits) > 10_000:  # many keys (a username spray): drop the ones with nothing recent
+        if len(self._hits) > self._prune_at:  # many keys (a username spray): drop the ones with nothing recent
             for old in list(self._hits):
                 self._recent(old, now)
+            self._prune_at = max(10_000, 2 * len(self._hits))  # (not a full scan on every attempt of a spray)
         self._hits.setdefault(key, deque(maxlen=2 * self.limit)).append(now)
 
     def undo(self, key: str) -> None:
@@ -131,13 +133,9 @@ def _text(data: dict[str, Any], key: str, *, max_length: int = nfhub.MAX_NAME_LE
     return value
 
 
-def _is_admin(config: nfhub.Config, row: dict[str, Any]) -> bool:
-    return nfhub.is_admin(config, row)
-
-
 def _user_json(config: nfhub.Config, row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "name": row["name"], "display_name": row["display_name"], "email": row["email"],
-            "provider": row["provider"], "is_admin": _is_admin(config, row),
+            "provider": row["provider"], "is_admin": nfhub.is_admin(config, row),
             "has_password": bool(row.get("password_hash"))}
 
 
