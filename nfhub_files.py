@@ -24,64 +24,15 @@ Listing: symlinks are shown as what they point to; links that dangle, loop or po
 left out of the listing (they can still be deleted by name). Deleting a symlink removes the link, never its target;
 deleting a folder removes its contents without following symlinks. The project folder itself cannot be deleted.
 
-Uploads
--------
-``POST upload-file`` takes ``multipart/form-data`` with a ``file`` part and an optional ``directory`` field
-(default: the project folder). The body is parsed as it streams in and the file data goes straight to a temporary
-file in the staging folder (same file system as the project), so memory use does not depend on the file size. Only
-after the whole body has arrived is the file ``fsync``-ed and renamed over the target (``os.replace``): an existing
-file is replaced atomically, a reader never sees half a file, missing folders are created. Fields may come in any
-order. The file part's file name may contain ``/`` (a browser folder upload sends ``sub/dir/name.txt``): the
-sub-folders are kept below ``directory``, every name checked as above. Answer: ``{"directory": "<folder>", "file":
-"<name>"}``. Limits: a file over ``max_upload_bytes`` is 413 (refused before reading when ``Content-Length``
-already says so); a full disk is 507; both leave no partial file. At most 16 form parts, 64 KiB per text field.
-
-Resumable (chunked) uploads
----------------------------
-For large files over flaky connections, send the file as a series of ordinary upload requests, each carrying a
-slice of the file as the ``file`` part plus two fields: ``offset`` (where the slice starts, in bytes) and ``total``
-(the size of the whole file). Put ``directory``, ``offset`` and ``total`` before ``file`` in the form (a browser's
-``FormData`` keeps the order you append): the server can then write the slice in place; otherwise it has to copy it.
-
-1. The server keeps one hidden staging file per (target path, total), outside the project folder. Its size is the
-   number of bytes received so far, counted from the start of the file with no gaps. State lives only on disk, so
-   it survives a restart of the server.
-2. ``offset = 0`` starts the upload (or starts it over): the first slice replaces whatever was staged before for
-   that path and total, so a client never resumes into a different file by accident.
-3. ``offset = received`` appends the slice. A slice that starts before ``received`` is a repeat (a retry whose answer
-   was lost): bytes already received are kept and only the new tail, if any, is appended. ``offset > received`` is
-   409 with ``{"details": {"received": n}}``: continue from ``n``.
-4. Each answer is ``{"directory", "file", "received": n, "total": t, "complete": false}``. When ``received`` reaches
-   ``total`` the staged file is ``fsync``-ed and moved into place like a plain upload, and the answer says
-   ``"complete": true``.
-5. To resume after a dropped connection, ask ``GET upload-status?path=<folder>/<name>`` (optionally
-   ``&total=<t>``): ``{"received": n, "total": t}`` for the pending upload of that path, or ``{"received": 0,
-   "total": null}`` if there is none. It does not report the size of an already finished file (a re-upload of a
-   changed file of the same size must not be skipped); after a lost final answer the file is simply in the listing.
-6. Errors: ``offset``/``total`` not a non-negative integer, only one of them, or a slice that runs past ``total``:
-   400, nothing staged changes; ``total`` over ``max_upload_bytes``: 413; another request uploading the same path at
-   the same moment: 409 with ``received`` (retry shortly).
-
-Example with curl (8 MiB slices)::
-
-    split -b 8M big.bam part.; off=0; total=$(stat -c %s big.bam)
-    for p in part.*; do
-      curl -fsS -H "x-access-token: $T" -F directory=raw -F offset=$off -F total=$total \\
-           -F "file=@$p;filename=big.bam" "$HUB/api/projects/$ID/upload-file"; off=$((off + $(stat -c %s $p)))
-    done
-
-Pending uploads that are never finished stay in the staging folder; :func:`sweep_staging` removes old ones (call it
-at startup, and now and then).
-
-Downloads
----------
-``GET download?path=<file>`` streams the file with its ``Content-Type`` (compressed files as ``application/gzip``
-etc.), ``Content-Disposition: attachment`` (RFC 6266/5987 ``filename*``), ``Content-Length``, ``ETag``,
-``Last-Modified``, ``X-Content-Type-Options: nosniff`` and ``Content-Security-Policy: sandbox``; ``Range`` requests
-get 206 (single, multiple and suffix ranges) or 416. The file is opened once and served from that handle, so a
-concurrent replacement never produces a mixed answer. ``path=<folder>`` streams ``<folder>.zip`` built on the fly
-(stored, not compressed: sequencing data is compressed already; ZIP64 for large files; constant memory); it includes
-symlinked files and folders that point to allowed places and skips everything else.
+Uploads, resumable uploads, downloads
+-------------------------------------
+The protocol as clients see it is specified in docs/api.md ("Project files"). Here, what the code promises:
+an upload streams to a temporary file in the staging folder (same file system as the project) as the multipart body
+is parsed, and only a complete file is ``fsync``-ed and renamed over its target, so a reader never sees half a file
+and a refused or broken upload (413, 507, a dropped connection) leaves nothing behind. A resumable upload keeps one
+staging file per (target path, total) whose size is the bytes received so far, on disk only (it survives restarts);
+:func:`sweep_staging` removes old ones. A download is served from the one handle it opened (a concurrent replacement
+never mixes two files); a folder streams as a stored ZIP64 built on the fly in constant memory.
 
 Not covered: an attacker who can create symlinks inside the project folder between the check and the use (the API
 itself never creates symlinks; pipelines that publish links are trusted code).
@@ -93,7 +44,7 @@ import contextlib
 import errno
 import functools
 import hashlib
-import json
+import logging
 import mimetypes
 import os
 import re
@@ -103,7 +54,7 @@ import tempfile
 import time
 import unicodedata
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +70,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger("nfhub.files")
 
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
@@ -239,16 +192,17 @@ def _check_new_name(name: str) -> str:
     return name
 
 
-def _inside(path: str, base: str) -> bool:
+def inside(path: str, base: str) -> bool:
+    """Whether real path `path` is `base` or lies below it: the one containment check (both resolved first)."""
     # commonpath, not startswith: '/data/p/1-evil' starts with '/data/p/1' (CVE-2023-29159, CVE-2026-35397)
     return path == base or os.path.commonpath((path, base)) == base
 
 
 def _contain(ctx: ProjectFiles, real: str, *, writable: bool) -> None:
     root, links = ctx.real_roots
-    if _inside(real, root):
+    if inside(real, root):
         return
-    if any(_inside(real, link) for link in links):
+    if any(inside(real, link) for link in links):
         if writable:
             raise FilesError(400, "files produced by runs are read-only")
         return
@@ -327,7 +281,7 @@ def _iso(ts: float) -> str:
 
 def _allowed_target(ctx: ProjectFiles, real: str) -> bool:
     root, links = ctx.real_roots
-    return _inside(real, root) or any(_inside(real, link) for link in links)
+    return inside(real, root) or any(inside(real, link) for link in links)
 
 
 # ---- Listing, folders, delete ----------------------------------------------------------------------------------------
@@ -374,24 +328,6 @@ async def list_files(ctx: ProjectFiles, request: Request) -> Response:
     )
 
 
-async def _json_path(request: Request) -> str:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_JSON_BYTES):
-        raise FilesError(413 if length.isdigit() else 400, "request body too large or invalid Content-Length")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BYTES:
-            raise FilesError(413, "request body too large")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise FilesError(400, "request body must be JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("path"), str):
-        raise FilesError(400, 'request body must be {"path": "<relative path>"}')
-    return data["path"]
-
-
 def _delete(ctx: ProjectFiles, names: list[str]) -> None:
     parent = _resolve(ctx, names[:-1], must_exist=True, allow_root=True, writable=True)
     target = os.path.join(parent, names[-1])
@@ -406,9 +342,9 @@ def _delete(ctx: ProjectFiles, names: list[str]) -> None:
         os.unlink(target)  # a symlink is removed itself, its target stays
 
 
-async def delete_path(ctx: ProjectFiles, request: Request) -> Response:
+async def delete_path(ctx: ProjectFiles, rel: str) -> Response:
     """POST ``{"path"}`` → ``""``: delete a file, a symlink (not its target) or a folder with its contents."""
-    names = _split(await _json_path(request))
+    names = _split(rel)
     if not names:
         raise FilesError(400, "the project folder itself cannot be deleted")
     try:
@@ -432,9 +368,9 @@ def _mkdir(ctx: ProjectFiles, names: list[str]) -> None:
     _contain(ctx, os.path.realpath(path), writable=True)
 
 
-async def create_folder(ctx: ProjectFiles, request: Request) -> Response:
+async def create_folder(ctx: ProjectFiles, rel: str) -> Response:
     """POST ``{"path"}`` → ``""``: create a folder and missing parents; an existing folder is fine, a file is 409."""
-    names = _split(await _json_path(request))
+    names = _split(rel)
     if not names:
         raise FilesError(400, "a folder name is required")
     try:
@@ -1242,3 +1178,90 @@ __all__ = [
     "upload_status",
     "view",
 ]
+
+
+# ---- Run work folders ---------------------------------------------------------------------------------------------
+# Nextflow's task folders under a project's launch dir: measured and removed here, with the same containment check.
+
+
+def _tree_files(path: str) -> Iterable[os.stat_result]:
+    try:
+        top = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        if stat.S_ISREG(top.st_mode):
+            yield top
+        return
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield st
+
+
+def work_dir_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (hard links counted once, symlinks never followed)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for st in _tree_files(os.fspath(path)):
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def clean_work_dir(work_dir: Path, task_workdirs: Iterable[str], keep: Iterable[Path]) -> int:
+    """Remove the given task work dirs that lie inside ``work_dir``; return the bytes freed.
+
+    A dir is skipped if it is outside ``work_dir`` (after resolving), is reached through a symlink, or holds
+    the target of a kept path (``keep``: published files or folders, whose symlinks are followed to find targets).
+    """
+    root = os.path.realpath(work_dir)
+    if not os.path.isdir(root):
+        return 0
+    targets: list[str] = []
+    for kept in keep:
+        kept_path = os.fspath(kept)
+        targets.append(os.path.realpath(kept_path))
+        if os.path.isdir(kept_path) and not os.path.islink(kept_path):
+            for dirpath, dirnames, filenames in os.walk(kept_path, followlinks=False):
+                for name in dirnames + filenames:
+                    p = os.path.join(dirpath, name)
+                    if os.path.islink(p):
+                        targets.append(os.path.realpath(p))
+    targets = [t for t in targets if inside(t, root)]
+
+    freed = 0
+    for wd in task_workdirs:
+        if not isinstance(wd, str) or not os.path.isabs(wd) or "\x00" in wd:
+            continue
+        lexical = os.path.normpath(wd)
+        # resolve the parent only: a task dir that is itself a symlink is never followed
+        real = os.path.join(os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical))
+        if real == root or not inside(real, root) or os.path.islink(real) or not os.path.isdir(real):
+            continue
+        if any(inside(t, real) for t in targets):
+            log.info("clean: keeping %s (published outputs point into it)", real)
+            continue
+        links: dict[tuple[int, int], list[int]] = {}
+        for st in _tree_files(real):
+            entry = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_size])
+            entry[0] += 1
+        # shutil.rmtree never follows symlinks (and is fd-based on Linux, safe against swapped links)
+        shutil.rmtree(real, ignore_errors=True)
+        if os.path.lexists(real):
+            log.warning("clean: could not remove all of %s", real)
+            continue
+        # a file hard-linked from elsewhere (publishDir mode 'link') frees nothing
+        freed += sum(size for seen, nlink, size in links.values() if seen >= nlink)
+        parent = os.path.dirname(real)
+        if parent != root and inside(parent, root):
+            try:
+                os.rmdir(parent)  # the now-empty `ab/` level
+            except OSError:
+                pass
+    return freed

@@ -4,7 +4,7 @@ that outlived an nfhub restart, reading ``.nextflow/history`` and trace files, n
 work directories, and the dispatcher that starts queued runs.
 
 It receives plain values and callbacks and never imports Starlette or ``nfhub``. Facts about Nextflow that the code
-relies on are in ../shared/nextflow.md (section numbers are cited as "nextflow.md §N").
+relies on are in docs/nextflow.md (section numbers are cited as "nextflow.md §N").
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import re
 import secrets
 import shutil
 import signal
-import stat
 import subprocess
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -794,6 +793,94 @@ def task_from_weblog(trace: dict) -> dict:
     return task
 
 
+# The columns of a task row (nfhub_store's tasks table, after run_id and task_id), in order.
+TASK_COLUMNS = ("hash", "name", "process", "tag", "status", "exit", "submit", "start", "complete", "duration",
+                "realtime", "cpu_percent", "peak_rss", "workdir", "native_id", "attempt", "error_action")
+
+
+_STATUS = TASK_COLUMNS.index("status")
+_NATIVE = TASK_COLUMNS.index("native_id")
+_I64 = 1 << 63
+
+
+def _fast_task_row(trace: dict[str, Any]) -> list[Any] | None:
+    """The task columns of a trace that holds the plain JSON types Nextflow sends, converted as
+    task_from_weblog converts them, at a fraction of the cost (the applier's thread holds the
+    interpreter lock while it converts, and the event loop waits for it); None for anything else."""
+    g = trace.get
+    texts = (g("hash"), g("name"), g("process"), g("tag"), g("workdir"), g("error_action"))
+    for v in texts:
+        if v is not None and (type(v) is not str or v.strip() in MISSING_TEXT):
+            return None
+    exit_code, submit, start, complete = g("exit"), g("submit"), g("start"), g("complete")
+    duration, realtime, peak_rss, attempt = g("duration"), g("realtime"), g("peak_rss"), g("attempt")
+    for v in (exit_code, submit, start, complete, duration, realtime, peak_rss, attempt):
+        if v is not None and (type(v) is not int or not -_I64 <= v < _I64):
+            return None
+    cpu, native = g("%cpu"), g("native_id")
+    if cpu is not None and type(cpu) is not float:
+        return None
+    if type(native) is int:
+        native = str(native)
+    elif native is not None and (type(native) is not str or native.strip() in MISSING_TEXT):
+        return None
+    return [texts[0], texts[1], texts[2], texts[3], None, None if exit_code == INT_MAX else exit_code,
+            submit if submit is None or submit > 0 else None, start if start is None or start > 0 else None,
+            complete if complete is None or complete > 0 else None, duration, realtime, cpu, peak_rss, texts[4],
+            native, attempt, texts[5]]
+
+
+def task_row(traces: list[dict[str, Any]], status: str) -> list[Any]:
+    """The task columns that applying `traces` in order gives (each: its last non-null value), with `status`."""
+    row = _fast_task_row(traces[-1])
+    if row is not None and len(traces) > 1 and None in row:
+        missing = [i for i, v in enumerate(row) if v is None and i != _STATUS]
+        for trace in reversed(traces[:-1]):
+            if not missing:
+                break
+            if not any(trace.get(_TRACE_KEY[TASK_COLUMNS[i]]) is not None for i in missing):
+                continue  # (a null converts to null)
+            older = _fast_task_row(trace)
+            if older is None:
+                row = None
+                break
+            for i in [i for i in missing if older[i] is not None]:
+                row[i] = older[i]
+                missing.remove(i)
+    if row is None:  # unusual values somewhere: the generic conversion, column by column
+        merged = _merged_row(traces)
+        native = merged.get("native_id")
+        row = [str(native) if c == "native_id" and native is not None else merged.get(c) for c in TASK_COLUMNS]
+    row[_STATUS] = status
+    return row
+
+
+# The trace key each task column comes from.
+_TRACE_KEY = {column: "%cpu" if column == "cpu_percent" else column for column in TASK_COLUMNS}
+
+
+def _merged_row(traces: list[dict[str, Any]]) -> dict[str, Any]:
+    """The task row that applying `traces` in order gives (each column: its last non-null value), converting as few
+    traces as possible: newest first, an older one only if it has a key for a column still empty."""
+    row: dict[str, Any] = {}
+    missing = set(TASK_COLUMNS)
+    for trace in reversed(traces):
+        if not any(trace.get(_TRACE_KEY[column]) is not None for column in missing):
+            continue  # (a null converts to null: nothing to gain from converting this trace)
+        try:
+            task = task_from_weblog(trace)
+        except ValueError:
+            continue
+        for column in list(missing):
+            if task.get(column) is not None:
+                row[column] = task[column]
+                missing.discard(column)
+        if not missing:
+            break
+    return row
+
+
+
 def parse_trace(path: Path) -> list[dict]:
     """Rows of a Nextflow trace file (raw or formatted values) as normalised task dicts; [] if unreadable."""
     try:
@@ -932,98 +1019,6 @@ def nextflow_version(executable: str, timeout: float = 20, env: dict[str, str] |
         return None
     m = re.search(r"nextflow version (\S+)", out.decode("utf-8", errors="replace"))
     return m.group(1) if m else None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Work directories
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _tree_files(path: str) -> Iterable[os.stat_result]:
-    try:
-        top = os.lstat(path)
-    except OSError:
-        return
-    if not stat.S_ISDIR(top.st_mode):
-        if stat.S_ISREG(top.st_mode):
-            yield top
-        return
-    for root, _dirs, files in os.walk(path, followlinks=False):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode):
-                yield st
-
-
-def work_dir_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (hard links counted once, symlinks never followed)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for st in _tree_files(os.fspath(path)):
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return total
-
-
-def _inside(path: str, root: str) -> bool:
-    return path != root and os.path.commonpath([path, root]) == root
-
-
-def clean_work_dir(work_dir: Path, task_workdirs: Iterable[str], keep: Iterable[Path]) -> int:
-    """Remove the given task work dirs that lie inside ``work_dir``; return the bytes freed.
-
-    A dir is skipped if it is outside ``work_dir`` (after resolving), is reached through a symlink, or holds
-    the target of a kept path (``keep``: published files or folders, whose symlinks are followed to find targets).
-    """
-    root = os.path.realpath(work_dir)
-    if not os.path.isdir(root):
-        return 0
-    targets: list[str] = []
-    for kept in keep:
-        kept_path = os.fspath(kept)
-        targets.append(os.path.realpath(kept_path))
-        if os.path.isdir(kept_path) and not os.path.islink(kept_path):
-            for dirpath, dirnames, filenames in os.walk(kept_path, followlinks=False):
-                for name in dirnames + filenames:
-                    p = os.path.join(dirpath, name)
-                    if os.path.islink(p):
-                        targets.append(os.path.realpath(p))
-    targets = [t for t in targets if t == root or _inside(t, root)]
-
-    freed = 0
-    for wd in task_workdirs:
-        if not isinstance(wd, str) or not os.path.isabs(wd) or "\x00" in wd:
-            continue
-        lexical = os.path.normpath(wd)
-        # resolve the parent only: a task dir that is itself a symlink is never followed
-        real = os.path.join(os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical))
-        if not _inside(real, root) or os.path.islink(real) or not os.path.isdir(real):
-            continue
-        if any(t == real or _inside(t, real) for t in targets):
-            log.info("clean: keeping %s (published outputs point into it)", real)
-            continue
-        links: dict[tuple[int, int], list[int]] = {}
-        for st in _tree_files(real):
-            entry = links.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, st.st_size])
-            entry[0] += 1
-        # shutil.rmtree never follows symlinks (and is fd-based on Linux, safe against swapped links)
-        shutil.rmtree(real, ignore_errors=True)
-        if os.path.lexists(real):
-            log.warning("clean: could not remove all of %s", real)
-            continue
-        # a file hard-linked from elsewhere (publishDir mode 'link') frees nothing
-        freed += sum(size for seen, nlink, size in links.values() if seen >= nlink)
-        parent = os.path.dirname(real)
-        if _inside(parent, root):
-            try:
-                os.rmdir(parent)  # the now-empty `ab/` level
-            except OSError:
-                pass
-    return freed
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -331,7 +331,7 @@ def read_response(sock: socket.socket, sink: bool = False) -> tuple[int, bytes, 
     return int(buf[9:12]), bytes(buf), got
 
 
-# ---- weblog events as Nextflow sends them (shared/nextflow.md §3, §5) ----------------------------------------------
+# ---- weblog events as Nextflow sends them (docs/nextflow.md §3, §5) ----------------------------------------------
 
 WEBLOG_HEADERS = {
     "Content-Type": "application/json",

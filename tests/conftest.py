@@ -20,6 +20,9 @@ import yaml
 from starlette.testclient import TestClient
 
 import nfhub
+import nfhub_auth
+import nfhub_config
+import nfhub_store
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_NEXTFLOW = ROOT / "tests" / "fake_nextflow.py"
@@ -44,29 +47,28 @@ def config_file(tmp_path: Path, settings: dict) -> Path:
 
 
 @pytest.fixture
-def config(config_file: Path) -> nfhub.Config:
-    return nfhub.load_config(config_file, environ={})
+def config(config_file: Path) -> nfhub_config.Config:
+    return nfhub_config.load_config(config_file, environ={})
 
 
 @pytest.fixture
-def client(config: nfhub.Config) -> Iterator[TestClient]:
+def client(config: nfhub_config.Config) -> Iterator[TestClient]:
     with TestClient(nfhub.create_app(config)) as c:
         yield c
 
 
 @pytest.fixture
-def make_user(config: nfhub.Config) -> Callable[..., str]:
+def make_user(config: nfhub_config.Config) -> Callable[..., str]:
     """Create a local user directly in the database and return a token for it."""
 
     def make(name: str, admin: bool = False, password: str | None = None) -> str:
-        conn = nfhub._open_sync(config)
-        try:
-            conn.execute("INSERT INTO users (name, password_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
-                         (name, nfhub.hash_password(password) if password else None, int(admin), nfhub.now_iso()))
-            user_id = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()["id"]
+        conn = open_db(config)
+        try:  # the one statement that creates users, as the CLI and the logins use it
+            user_id = nfhub_store.insert_user(conn, name, is_admin=admin,
+                                              password_hash=nfhub_auth.hash_password(password) if password else None)
         finally:
             conn.close()
-        tokens = nfhub.Tokens(nfhub.load_secret_key(config), config.token_seconds, config.max_token_seconds)
+        tokens = nfhub_auth.Tokens(nfhub_config.load_secret_key(config), config.token_seconds, config.max_token_seconds)
         return tokens.issue(user_id)[0]
 
     return make
@@ -82,7 +84,12 @@ def bob(client: TestClient, make_user: Callable[..., str]) -> dict[str, str]:
     return {"x-access-token": make_user("bob")}
 
 
-def db_rows(config: nfhub.Config, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+def open_db(config: nfhub_config.Config) -> sqlite3.Connection:
+    """A plain connection to the test server's database, as the command line opens it."""
+    return nfhub_store.open_sync(nfhub_config.database_path(config))
+
+
+def db_rows(config: nfhub_config.Config, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
     conn = sqlite3.connect(Path(config.data_dir) / "nfhub.sqlite")
     conn.row_factory = sqlite3.Row
     try:
@@ -92,7 +99,7 @@ def db_rows(config: nfhub.Config, sql: str, params: tuple = ()) -> list[sqlite3.
 
 
 @pytest.fixture
-def rows(config: nfhub.Config) -> Callable[..., list[sqlite3.Row]]:
+def rows(config: nfhub_config.Config) -> Callable[..., list[sqlite3.Row]]:
     return lambda sql, params=(): db_rows(config, sql, params)
 
 
@@ -123,13 +130,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
 class LiveServer:
     """nfhub under a real uvicorn in a thread, on a free loopback port (Nextflow's weblog needs real HTTP)."""
 
-    def __init__(self, config: nfhub.Config):
+    def __init__(self, config: nfhub_config.Config):
         self.config = config
         self.app = nfhub.create_app(config)
         self.url = f"http://127.0.0.1:{config.port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=config.port, log_level="warning",
                                                     lifespan="on", timeout_graceful_shutdown=2,
-                                                    http=nfhub.http_protocol(self.app)))  # as `nfhub serve` does
+                                                    **nfhub.http_options(config)))  # as `nfhub serve` does
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
@@ -139,7 +146,8 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        procs = list(getattr(getattr(self.app.state, "runs", None), "procs", {}).values())
+        hub = getattr(self.app.state, "hub", None)
+        procs = list(hub.runs.procs.values()) if hub is not None else []
         self.server.should_exit = True
         self.thread.join(15)
         self.http.close()
@@ -158,7 +166,7 @@ def live_settings(settings: dict) -> dict:
 @pytest.fixture
 def live(live_settings: dict, config_file: Path) -> Iterator[LiveServer]:
     config_file.write_text(yaml.safe_dump(live_settings))
-    with LiveServer(nfhub.load_config(config_file, environ={})) as server:
+    with LiveServer(nfhub_config.load_config(config_file, environ={})) as server:
         yield server
 
 
@@ -239,7 +247,7 @@ def catalog(tmp_path: Path, live_settings: dict) -> Path:
 @pytest.fixture
 def server(catalog: Path, live_settings: dict, config_file: Path):
     config_file.write_text(yaml.safe_dump(live_settings))
-    with LiveServer(nfhub.load_config(config_file, environ={})) as s:
+    with LiveServer(nfhub_config.load_config(config_file, environ={})) as s:
         yield s
 
 
@@ -270,3 +278,16 @@ def wait_done(http: httpx.Client, headers: dict, pid: int, timeout: float = 60) 
     return http.get(f"/api/projects/{pid}/runs/{runs[0]['id']}", headers=headers).json()["run"]
 
 
+
+
+# ---- markers ---------------------------------------------------------------------------------------------------------
+
+# Fixtures that start a real server, process or browser: tests using them are marked `live`, so that
+# `pytest -m "not live"` is a loop of seconds. (`make test` runs everything.)
+LIVE_FIXTURES = frozenset(("live_settings", "live", "server", "mock_idp", "fake_idp", "page", "browser_page"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.live)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A stand-in for the `nextflow` launcher (Nextflow 25.10.2 behaviour), for nfhub's tests and demos. Stdlib only.
 
-It reproduces what nfhub relies on (see ../shared/nextflow.md §2-§8): CLI options, console lines, weblog events (same
+It reproduces what nfhub relies on (see docs/nextflow.md §2-§8): CLI options, console lines, weblog events (same
 envelope, order, trace fields and units, the OffsetDateTime quirk of `start`/`complete`), the trace file,
 `.nextflow/history`, the task cache used by `-resume`, work dirs, published outputs, signals and exit codes.
 Tasks are real child processes (one `python -S .command.run` per task, in this process's group), so SIGTERM/SIGKILL

@@ -13,6 +13,9 @@ from starlette.testclient import TestClient
 
 import nfhub
 import nfhub_auth
+import nfhub_config
+import nfhub_store
+from conftest import open_db
 
 PASSWORD = "correct horse battery"
 
@@ -20,7 +23,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture(autouse=True)
 def cheap_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
     # The cost parameters travel inside each hash, so a cheaper cost changes speed, not behaviour.
-    monkeypatch.setitem(nfhub._SCRYPT, "n", 2**10)
+    monkeypatch.setitem(nfhub_auth._SCRYPT, "n", 2**10)
 
 
 def create(client: TestClient, headers: dict, name: str = "exp1") -> int:
@@ -33,8 +36,8 @@ def login(client: TestClient, username: str, password: str = PASSWORD, provider:
     return client.post(f"/api/users/local/{provider}/login", json={"username": username, "password": password})
 
 
-def execute(config: nfhub.Config, sql: str, params: tuple = ()) -> None:
-    conn = nfhub._open_sync(config)
+def execute(config: nfhub_config.Config, sql: str, params: tuple = ()) -> None:
+    conn = open_db(config)
     try:
         conn.execute(sql, params)
     finally:
@@ -54,7 +57,7 @@ def test_login_providers_lists_descriptions_never_secrets(settings: dict, config
                                  "discovery_url": "http://127.0.0.1:9/.well-known/openid-configuration"}},
         "local": {"local": {"description": "Username and password"}},
     }
-    config = nfhub.load_config(_write(tmp_path, settings), environ={})
+    config = nfhub_config.load_config(_write(tmp_path, settings), environ={})
     with TestClient(nfhub.create_app(config)) as client:
         r = client.get("/api/users/login-providers")
     assert r.status_code == 200
@@ -88,7 +91,7 @@ def test_local_login_issues_working_recorded_token(client: TestClient, make_user
                                                ("oidcuser", PASSWORD), ("Carol", PASSWORD)])
 def test_wrong_credentials_same_401(client: TestClient, make_user, rows, username: str, password: str) -> None:
     make_user("carol", password=PASSWORD)
-    execute(client.app.state.config,
+    execute(client.app.state.hub.config,
             "INSERT INTO users (name, provider, subject, created_at) VALUES ('oidcuser', 'openid:x', 's', 'now')")
     r = login(client, username, password)
     assert r.status_code == 401
@@ -96,7 +99,7 @@ def test_wrong_credentials_same_401(client: TestClient, make_user, rows, usernam
     assert rows("SELECT count(*) AS n FROM tokens")[0]["n"] == 0
 
 
-def test_disabled_account_cannot_log_in(client: TestClient, make_user, config: nfhub.Config) -> None:
+def test_disabled_account_cannot_log_in(client: TestClient, make_user, config: nfhub_config.Config) -> None:
     make_user("carol", password=PASSWORD)
     execute(config, "UPDATE users SET disabled = 1 WHERE name = 'carol'")
     r = login(client, "carol")
@@ -118,7 +121,7 @@ def test_unknown_local_provider_is_404(client: TestClient, make_user) -> None:
 def test_local_login_disabled_when_not_configured(settings: dict, tmp_path, make_user) -> None:
     settings["login_providers"] = {"openid": {"idp": {"client_id": "c",
                                                       "discovery_url": "http://127.0.0.1:9/.well-known/x"}}}
-    config = nfhub.load_config(_write(tmp_path, settings), environ={})
+    config = nfhub_config.load_config(_write(tmp_path, settings), environ={})
     with TestClient(nfhub.create_app(config)) as client:
         assert login(client, "carol").status_code == 404
 
@@ -224,7 +227,7 @@ def test_logout_revokes_token_for_api_clients(client: TestClient, alice: dict, r
     assert rows("SELECT revoked_at FROM tokens WHERE jti = ?", (jti,))[0]["revoked_at"] is not None
 
 
-def test_logout_redirects_browsers(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+def test_logout_redirects_browsers(client: TestClient, alice: dict, config: nfhub_config.Config) -> None:
     r = client.get("/api/users/logout", headers={**alice, "accept": "text/html,application/xhtml+xml"},
                    follow_redirects=False)
     assert r.status_code == 302
@@ -239,7 +242,7 @@ def test_logout_without_valid_token_is_401(client: TestClient, headers: dict) ->
     assert r.status_code == 401 and r.json()["error"]
 
 
-def test_revocation_survives_restart(config: nfhub.Config, make_user) -> None:
+def test_revocation_survives_restart(config: nfhub_config.Config, make_user) -> None:
     with TestClient(nfhub.create_app(config)) as client:
         token = make_user("carol")
         assert client.get("/api/users/logout", headers=bearer(token)).status_code == 200
@@ -247,15 +250,15 @@ def test_revocation_survives_restart(config: nfhub.Config, make_user) -> None:
         assert client.get("/api/users/me", headers=bearer(token)).status_code == 401
 
 
-def signed(config: nfhub.Config, **claims) -> str:
+def signed(config: nfhub_config.Config, **claims) -> str:
     """A token signed with the app's real key, with chosen claims (e.g. issued earlier than now)."""
     now = int(time.time())
-    base = {"sub": "1", "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex, "iss": nfhub.JWT_ISSUER,
+    base = {"sub": "1", "iat": now, "exp": now + 3600, "jti": uuid.uuid4().hex, "iss": nfhub_auth.JWT_ISSUER,
             "kind": "session"}
-    return jwt.encode({**base, **claims}, nfhub.load_secret_key(config), algorithm="HS256")
+    return jwt.encode({**base, **claims}, nfhub_config.load_secret_key(config), algorithm="HS256")
 
 
-def test_logout_all_revokes_every_token(client: TestClient, make_user, config: nfhub.Config, rows) -> None:
+def test_logout_all_revokes_every_token(client: TestClient, make_user, config: nfhub_config.Config, rows) -> None:
     make_user("carol", password=PASSWORD)
     carol_id = str(rows("SELECT id FROM users WHERE name = 'carol'")[0]["id"])
     # Issued a minute ago and not recorded in the tokens table (like `nfhub token`): caught by tokens_valid_after.
@@ -296,7 +299,7 @@ def test_users_list_admins_only(client: TestClient, alice: dict, make_user) -> N
 
 def test_admins_setting_makes_admin(settings: dict, tmp_path, make_user) -> None:
     settings["admins"] = ["alice"]
-    config = nfhub.load_config(_write(tmp_path, settings), environ={})
+    config = nfhub_config.load_config(_write(tmp_path, settings), environ={})
     with TestClient(nfhub.create_app(config)) as client:
         token = make_user("alice")
         assert client.get("/api/users/me", headers=bearer(token)).json()["user"]["is_admin"] is True
@@ -348,12 +351,12 @@ def test_personal_token_bad_request_is_422(client: TestClient, alice: dict, rows
     assert rows("SELECT count(*) AS n FROM tokens")[0]["n"] == 0
 
 
-def test_expired_personal_token_is_401(client: TestClient, alice: dict, config: nfhub.Config, rows) -> None:
+def test_expired_personal_token_is_401(client: TestClient, alice: dict, config: nfhub_config.Config, rows) -> None:
     now = int(time.time())
     alice_id = str(rows("SELECT id FROM users WHERE name = 'alice'")[0]["id"])
     live = signed(config, sub=alice_id, kind="personal", iat=now - 3600)
     assert client.get("/api/projects", headers=bearer(live)).status_code == 200
-    expired = signed(config, sub=alice_id, kind="personal", iat=now - 3600, exp=now - nfhub.JWT_LEEWAY - 5)
+    expired = signed(config, sub=alice_id, kind="personal", iat=now - 3600, exp=now - nfhub_auth.JWT_LEEWAY - 5)
     assert client.get("/api/projects", headers=bearer(expired)).status_code == 401
 
 
@@ -401,7 +404,7 @@ def test_share_read_then_write_then_unshare(client: TestClient, alice: dict, bob
     assert client.get(f"/api/projects/{pid}/shares", headers=alice).json() == {"shares": []}
 
 
-def test_share_by_email(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+def test_share_by_email(client: TestClient, alice: dict, config: nfhub_config.Config) -> None:
     execute(config, "INSERT INTO users (name, email, provider, subject, created_at)"
                     " VALUES ('ann', 'Ann@Lab.example', 'openid:idp', 'sub-1', 'now')")
     pid = create(client, alice)
@@ -423,7 +426,7 @@ def test_share_bad_request_is_422(client: TestClient, alice: dict, bob: dict, ro
     assert rows("SELECT count(*) AS n FROM shares")[0]["n"] == 0
 
 
-def test_share_ambiguous_email_is_422(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+def test_share_ambiguous_email_is_422(client: TestClient, alice: dict, config: nfhub_config.Config) -> None:
     for name in ("x1", "x2"):
         execute(config, "INSERT INTO users (name, email, created_at) VALUES (?, 'same@lab.example', 'now')", (name,))
     pid = create(client, alice)
@@ -492,7 +495,7 @@ EXPECTED: dict[str, dict[str, int | None]] = {
 
 
 @pytest.fixture
-def matrix(client: TestClient, make_user: Callable[..., str], config: nfhub.Config) -> dict:
+def matrix(client: TestClient, make_user: Callable[..., str], config: nfhub_config.Config) -> dict:
     """Users for every role, and `new()`: a fresh project owned by 'owner' with a file and a finished run, shared
     read with 'reader' and write with 'writer' (fresh per request, so that deleting one leaves the next intact)."""
     tokens = {"owner": make_user("owner"), "write": make_user("writer"), "read": make_user("reader"),
@@ -506,16 +509,16 @@ def matrix(client: TestClient, make_user: Callable[..., str], config: nfhub.Conf
             r = client.post(f"/api/projects/{pid}/share", json={"user": user, "access": access},
                             headers=headers["owner"])
             assert r.status_code == 200
-        (nfhub.project_dir(config, pid) / "data.txt").write_text("some data\n")
-        conn = nfhub._open_sync(config)
+        (nfhub_config.project_dir(config, pid) / "data.txt").write_text("some data\n")
+        conn = open_db(config)
         try:
             cur = conn.execute("INSERT INTO runs (project_id, status, nextflow_project, run_name, secret_hash,"
                                " created_at) VALUES (?, 'succeeded', 'hello', 'nfhub-matrix', 'x', ?)",
-                               (pid, nfhub.now_iso()))
+                               (pid, nfhub_store.now_iso()))
             run_id = cur.lastrowid
         finally:
             conn.close()
-        return {"id": pid, "run_id": run_id, "folder": nfhub.project_dir(config, pid)}
+        return {"id": pid, "run_id": run_id, "folder": nfhub_config.project_dir(config, pid)}
 
     return {"headers": headers, "new": new}
 
@@ -527,7 +530,7 @@ def _snapshot(rows, folder: Path) -> list:
 
 
 def test_matrix_covers_every_project_route() -> None:
-    config = nfhub.Config(pipelines=str(Path(__file__).resolve().parent.parent / "nextflow_projects.yaml"))
+    config = nfhub_config.Config(pipelines=str(Path(__file__).resolve().parent.parent / "nextflow_projects.yaml"))
     app = nfhub.create_app(config)
     project_routes = {r.path.replace(":int}", "}") for r in app.routes
                       if getattr(r, "path", "").startswith("/api/projects/{id")}

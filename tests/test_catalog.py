@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import nfhub_config
 from nfhub_catalog import (
     ArgumentsError,
     CatalogError,
@@ -980,7 +981,7 @@ def test_catalog_file_changes_are_picked_up_without_a_restart(catalog: Path, liv
 
     monkeypatch.setattr(nfhub, "CATALOG_POLL", 0.05)
     config_file.write_text(yaml.safe_dump(live_settings))
-    with LiveServer(nfhub.load_config(config_file, environ={})) as server:
+    with LiveServer(nfhub_config.load_config(config_file, environ={})) as server:
         token = {"x-access-token": make_user("ada")}
         names = lambda: server.http.get("/api/nextflow-projects", headers=token).json()["nextflow_projects"]  # noqa: E731
         before = names()

@@ -14,6 +14,11 @@ import yaml
 from starlette.testclient import TestClient
 
 import nfhub
+import nfhub_auth
+import nfhub_config
+import nfhub_http
+import nfhub_store
+from conftest import open_db
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_precedence(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"port": 9000, "host": "0.0.0.0", "max_concurrent_runs": 3}))
-    config = nfhub.load_config(cfg, {"port": 9100}, environ={"NFHUB_HOST": "127.0.0.2", "NFHUB_ADMINS": "a, b"})
+    config = nfhub_config.load_config(cfg, {"port": 9100}, environ={"NFHUB_HOST": "127.0.0.2", "NFHUB_ADMINS": "a, b"})
     assert (config.port, config.host, config.max_concurrent_runs, config.admins) == (9100, "127.0.0.2", 3, ["a", "b"])
-    assert nfhub.load_config(None, environ={"NFHUB_CONFIG": str(cfg)}).port == 9000
-    assert nfhub.load_config(None, environ={}).port == 8000
+    assert nfhub_config.load_config(None, environ={"NFHUB_CONFIG": str(cfg)}).port == 9000
+    assert nfhub_config.load_config(None, environ={}).port == 8000
 
 
 @pytest.mark.parametrize("content,message", [
@@ -41,30 +46,30 @@ def test_precedence(tmp_path: Path) -> None:
 def test_bad_settings_name_the_key(tmp_path: Path, content, message: str) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(content))
-    with pytest.raises(nfhub.StartupError, match=message):
-        nfhub.load_config(cfg, environ={})
+    with pytest.raises(nfhub_config.StartupError, match=message):
+        nfhub_config.load_config(cfg, environ={})
 
 
 def test_unknown_env_setting(tmp_path: Path) -> None:
-    with pytest.raises(nfhub.StartupError, match="NFHUB_PROT"):
-        nfhub.load_config(None, environ={"NFHUB_PROT": "1"})
+    with pytest.raises(nfhub_config.StartupError, match="NFHUB_PROT"):
+        nfhub_config.load_config(None, environ={"NFHUB_PROT": "1"})
 
 
 def test_redacted() -> None:
-    config = nfhub.Config(secret_key="s" * 40, login_providers={
+    config = nfhub_config.Config(secret_key="s" * 40, login_providers={
         "openid": {"x": {"client_id": "id", "client_secret": "hush", "discovery_url": "http://x"}}})
-    shown = nfhub.redacted(config)
+    shown = nfhub_config.redacted(config)
     assert shown["secret_key"] == "***"
     assert shown["login_providers"]["openid"]["x"]["client_secret"] == "***"
     assert shown["login_providers"]["openid"]["x"]["client_id"] == "id"
 
 
 def test_secret_key_generated_once_mode_0600(tmp_path: Path) -> None:
-    config = nfhub.Config(data_dir=str(tmp_path / "d"))
-    key = nfhub.load_secret_key(config)
+    config = nfhub_config.Config(data_dir=str(tmp_path / "d"))
+    key = nfhub_config.load_secret_key(config)
     path = tmp_path / "d" / "secret_key"
     assert len(key) >= 32 and path.stat().st_mode & 0o777 == 0o600
-    assert nfhub.load_secret_key(config) == key
+    assert nfhub_config.load_secret_key(config) == key
 
 
 # ---- tokens ---------------------------------------------------------------------------------------------------------
@@ -138,7 +143,7 @@ def nfhub_cli(*args: str, config_file: Path, stdin: str = "") -> subprocess.Comp
                           input=stdin, capture_output=True, text=True, env=env, timeout=60)
 
 
-def test_cli_user_add_and_token(config_file: Path, config: nfhub.Config) -> None:
+def test_cli_user_add_and_token(config_file: Path, config: nfhub_config.Config) -> None:
     r = nfhub_cli("user", "add", "dora", "--admin", "--password-stdin", config_file=config_file,
                   stdin="correct horse battery\n")
     assert r.returncode == 0, r.stderr
@@ -151,12 +156,12 @@ def test_cli_user_add_and_token(config_file: Path, config: nfhub.Config) -> None
     claims = jwt.decode(token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == 3600
     assert nfhub_cli("token", "nobody", config_file=config_file).returncode == 1
-    db = nfhub._open_sync(config)
+    db = open_db(config)
     stored = db.execute("SELECT password_hash, is_admin FROM users WHERE name = 'dora'").fetchone()
     db.close()
     assert stored["is_admin"] == 1 and "correct horse" not in stored["password_hash"]
-    assert nfhub.verify_password("correct horse battery", stored["password_hash"])
-    assert not nfhub.verify_password("wrong", stored["password_hash"])
+    assert nfhub_auth.verify_password("correct horse battery", stored["password_hash"])
+    assert not nfhub_auth.verify_password("wrong", stored["password_hash"])
     with TestClient(nfhub.create_app(config)) as c:
         assert c.get("/api/projects", headers={"x-access-token": token}).status_code == 200
 
@@ -191,31 +196,31 @@ def test_cli_help_lists_commands() -> None:
 
 
 def test_verified_token_cache_still_checks_expiry_and_revocation(monkeypatch) -> None:
-    tokens = nfhub.Tokens(b"k" * 40, 600, 3600)
+    tokens = nfhub_auth.Tokens(b"k" * 40, 600, 3600)
     token, claims = tokens.issue(1, lifetime=60)
     assert tokens.decode(token)["jti"] == claims["jti"]
     assert tokens.decode(token) is tokens.decode(token)  # served from the cache
     real = time.time
-    monkeypatch.setattr(nfhub.time, "time", lambda: real() + 60 + nfhub.JWT_LEEWAY + 1)
-    with pytest.raises(nfhub.APIError, match="expired"):
+    monkeypatch.setattr(nfhub_auth.time, "time", lambda: real() + 60 + nfhub_auth.JWT_LEEWAY + 1)
+    with pytest.raises(nfhub_http.APIError, match="expired"):
         tokens.decode(token)
-    monkeypatch.setattr(nfhub.time, "time", real)
+    monkeypatch.setattr(nfhub_auth.time, "time", real)
     token, claims = tokens.issue(1, lifetime=60)
     tokens.decode(token)
     tokens.revoked[claims["jti"]] = claims["exp"]
-    with pytest.raises(nfhub.APIError, match="revoked"):
+    with pytest.raises(nfhub_http.APIError, match="revoked"):
         tokens.decode(token)
 
 
 def test_revocation_outlives_expiry_by_the_leeway(monkeypatch) -> None:
     """A token is accepted until exp + leeway, so its revocation must be kept that long too."""
-    tokens = nfhub.Tokens(b"k" * 40, 600, 3600)
+    tokens = nfhub_auth.Tokens(b"k" * 40, 600, 3600)
     token, claims = tokens.issue(1, lifetime=60)
     tokens.revoked[claims["jti"]] = claims["exp"]
     real = time.time
-    monkeypatch.setattr(nfhub.time, "time", lambda: real() + 60 + nfhub.JWT_LEEWAY / 2)
+    monkeypatch.setattr(nfhub_auth.time, "time", lambda: real() + 60 + nfhub_auth.JWT_LEEWAY / 2)
     tokens.prune()
-    with pytest.raises(nfhub.APIError, match="revoked"):
+    with pytest.raises(nfhub_http.APIError, match="revoked"):
         tokens.decode(token)
 
 
@@ -231,4 +236,4 @@ def test_a_user_disabled_by_hand_is_refused_within_seconds(client: TestClient, m
     conn.commit()
     conn.close()
     wait_for(lambda: client.get("/api/projects", headers=token).status_code == 401,
-             nfhub.USER_CACHE_SECONDS + 3, 0.1, "the change made outside nfhub to be seen")
+             nfhub_store.USER_CACHE_SECONDS + 3, 0.1, "the change made outside nfhub to be seen")

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 import nfhub
-from conftest import ServerProcess, make_pipeline, new_project, wait_done, wait_for
+import nfhub_config
+from conftest import ServerProcess, make_pipeline, new_project, open_db, wait_done, wait_for
 
 
 def group_members(pgid: int) -> list[int]:
@@ -31,8 +32,8 @@ def group_members(pgid: int) -> list[int]:
     return found
 
 
-def secret_of(config: nfhub.Config, pid: int, run_id: int) -> str:
-    text = (nfhub.runs_dir(config, pid) / str(run_id) / "nfhub.config").read_text()
+def secret_of(config: nfhub_config.Config, pid: int, run_id: int) -> str:
+    text = (nfhub_config.runs_dir(config, pid) / str(run_id) / "nfhub.config").read_text()
     return text.split("token=")[1].split("'")[0]
 
 
@@ -64,7 +65,7 @@ def test_cancel_queued_run(catalog, live_settings: dict, config_file: Path, make
 
     live_settings["max_concurrent_runs"] = 1
     config_file.write_text(yaml.safe_dump(live_settings))
-    with LiveServer(nfhub.load_config(config_file, environ={})) as server:
+    with LiveServer(nfhub_config.load_config(config_file, environ={})) as server:
         token = {"x-access-token": make_user("alice")}
         http = server.http
         first = new_project(http, token, "slow", {})
@@ -75,7 +76,7 @@ def test_cancel_queued_run(catalog, live_settings: dict, config_file: Path, make
         assert http.post(f"/api/projects/{second}/cancel", headers=token).json() == {"is_scheduled": False}
         run = latest_run(http, token, second)
         assert run["status"] == "cancelled" and run["started_at"] is None
-        assert not (nfhub.runs_dir(server.config, second) / str(run["id"]) / "console.log").exists()
+        assert not (nfhub_config.runs_dir(server.config, second) / str(run["id"]) / "console.log").exists()
         http.post(f"/api/projects/{first}/cancel", headers=token)
 
 
@@ -234,7 +235,7 @@ def restartable(catalog: Path, live_settings: dict, config_file: Path, tmp_path:
     entries["medium"] = {"source": "./pipelines/medium", "static_arguments": {"outdir": "results"}}
     catalog.write_text(yaml.safe_dump(entries))
     config_file.write_text(yaml.safe_dump(live_settings))
-    config = nfhub.load_config(config_file, environ={})
+    config = nfhub_config.load_config(config_file, environ={})
     server = ServerProcess(config_file, live_settings["port"], tmp_path / "server.log")
     server.start()
     token = {"x-access-token": make_user("alice")}
@@ -242,19 +243,19 @@ def restartable(catalog: Path, live_settings: dict, config_file: Path, tmp_path:
     yield server, config, token, client
     server.stop(signal.SIGKILL)
     client.close()
-    conn = nfhub._open_sync(config)
+    conn = open_db(config)
     for (leader,) in conn.execute("SELECT pid FROM runs WHERE pid IS NOT NULL").fetchall():
         for p in group_members(leader):
             os.kill(p, signal.SIGKILL)
     conn.close()
 
 
-def start_running(http: httpx.Client, token: dict, config: nfhub.Config, pipeline: str) -> tuple[int, int]:
+def start_running(http: httpx.Client, token: dict, config: nfhub_config.Config, pipeline: str) -> tuple[int, int]:
     """A new project whose run is running; (project id, pid of its Nextflow)."""
     pid = new_project(http, token, pipeline, {})
     http.post(f"/api/projects/{pid}/schedule")
     wait_for(lambda: latest_run(http, token, pid)["status"] == "running", 30, what="running")
-    conn = nfhub._open_sync(config)
+    conn = open_db(config)
     leader = conn.execute("SELECT pid FROM runs WHERE id = ?", (latest_run(http, token, pid)["id"],)).fetchone()[0]
     conn.close()
     return pid, leader
@@ -354,20 +355,20 @@ def test_acknowledged_events_survive_kill_9(restartable, rows) -> None:
     http.post(f"/api/projects/{pid}/cancel")
 
 
-def _finished_run(config: nfhub.Config, make_user, run_id: int) -> None:
+def _finished_run(config: nfhub_config.Config, make_user, run_id: int) -> None:
     """A project with a finished run `run_id` named nfhub-<run_id>-abcde, written straight into the database."""
     from starlette.testclient import TestClient
 
     with TestClient(nfhub.create_app(config)) as client:
         token = {"x-access-token": make_user("alice")}
         pid = client.post("/api/projects/create", json={"name": "p"}, headers=token).json()["project"]["id"]
-    conn = nfhub._open_sync(config)
+    conn = open_db(config)
     conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
                  " VALUES (?, ?, 'failed', 'hello', ?, 'x', 'now')", (run_id, pid, f"nfhub-{run_id}-abcde"))
     conn.close()
 
 
-def test_journal_is_replayed_at_start(config: nfhub.Config, make_user, rows) -> None:
+def test_journal_is_replayed_at_start(config: nfhub_config.Config, make_user, rows) -> None:
     """Events acknowledged but not yet applied when nfhub died are applied on the next start, exactly once."""
     from starlette.testclient import TestClient
 
@@ -451,7 +452,7 @@ def test_malformed_events_are_dropped_without_harm(server, token: dict, rows) ->
     http.post(f"/api/projects/{pid}/cancel", headers=token)
 
 
-def test_a_journal_with_bad_entries_does_not_stop_the_start(config: nfhub.Config, make_user, rows) -> None:
+def test_a_journal_with_bad_entries_does_not_stop_the_start(config: nfhub_config.Config, make_user, rows) -> None:
     from starlette.testclient import TestClient
 
     _finished_run(config, make_user, 9)
@@ -503,7 +504,7 @@ def test_event_streams_per_user_are_limited(server, token: dict, monkeypatch) ->
         assert [next(it) for it in lines] == ["retry: 2000", "retry: 2000"]  # both are streaming
         third = http.get(f"/api/projects/{pid}/events", headers=token, timeout=5)
         assert third.status_code == 429 and "error" in third.json()
-    wait_for(lambda: server.app.state.runs.streams.get(1, 0) + server.app.state.runs.streams.get(2, 0) == 0, 10,
+    wait_for(lambda: server.app.state.hub.runs.streams.get(1, 0) + server.app.state.hub.runs.streams.get(2, 0) == 0, 10,
              what="closed streams to be counted out")
     with httpx.stream("GET", url, headers=token, timeout=10) as again:
         assert again.status_code == 200

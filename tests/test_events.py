@@ -6,15 +6,17 @@ import json
 import sqlite3
 from pathlib import Path
 
-import nfhub
 import nfhub_runs
+import nfhub_store
+import nfhub_weblog
+import nfhub_worker
 
 
 def _db(tmp_path: Path) -> sqlite3.Connection:
     path = tmp_path / "db.sqlite"
-    nfhub.migrate(path)
+    nfhub_store.migrate(path)
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = nfhub._row_dict
+    conn.row_factory = nfhub_store._row_dict
     conn.execute("INSERT INTO users (name, created_at) VALUES ('u', 'now')")
     conn.execute("INSERT INTO projects (owner_id, name, created_at, updated_at) VALUES (1, 'p', 'now', 'now')")
     conn.execute("INSERT INTO runs (id, project_id, status, nextflow_project, run_name, secret_hash, created_at)"
@@ -22,7 +24,7 @@ def _db(tmp_path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _event(jid: str, kind: str, task_id: int, status: str, **extra: object) -> nfhub_runs.Journaled:
+def _event(jid: str, kind: str, task_id: int, status: str, **extra: object) -> nfhub_weblog.Journaled:
     trace = {"task_id": task_id, "status": status, "name": f"T ({task_id})", "hash": "ab/cdef12",
              "exit": 2147483647, "submit": 1_700_000_000_000, "start": 0, "process": "T", **extra}
     body = {"runName": "nfhub-1-x", "runId": "u", "event": kind, "utcTime": "2026-01-01T00:00:00Z", "trace": trace}
@@ -31,7 +33,7 @@ def _event(jid: str, kind: str, task_id: int, status: str, **extra: object) -> n
 
 def _apply(conn: sqlite3.Connection, batch: list) -> dict:
     conn.execute("BEGIN IMMEDIATE")
-    changed = nfhub_runs.apply_events(conn, batch)
+    changed = nfhub_weblog.apply_events(conn, batch)
     conn.execute("COMMIT")
     return changed
 
@@ -124,10 +126,10 @@ def test_batches_give_what_applying_each_event_in_order_gives(tmp_path: Path) ->
             task = nfhub_worker.task_from_weblog(body["trace"])
             row = model.get(task["task_id"])
             current = row["status"] if row else None
-            if current is not None and nfhub_runs._TASK_RANK[task["status"]] < nfhub_runs._TASK_RANK[current]:
+            if current is not None and nfhub_weblog._TASK_RANK[task["status"]] < nfhub_weblog._TASK_RANK[current]:
                 continue
             counts[0] += current is None
-            if kind == "process_completed" and current not in nfhub_runs.TERMINAL_TASK_STATES:
+            if kind == "process_completed" and current not in nfhub_weblog.TERMINAL_TASK_STATES:
                 counts[1] += 1
                 counts[2] += task["status"] == "FAILED"
             row = row or {}
@@ -141,7 +143,7 @@ def test_batches_give_what_applying_each_event_in_order_gives(tmp_path: Path) ->
         got = {r["task_id"]: r for r in conn.execute("SELECT * FROM tasks")}
         assert set(got) == set(model)
         for task_id, row in model.items():
-            for column in nfhub_runs.TASK_COLUMNS:
+            for column in nfhub_worker.TASK_COLUMNS:
                 expected = row.get(column)
                 expected = str(expected) if column == "native_id" and expected is not None else expected
                 assert got[task_id][column] == expected, (round_, task_id, column)
@@ -172,12 +174,12 @@ def test_fast_task_rows_convert_exactly_as_the_generic_conversion() -> None:
             trace["%cpu"] = rng.choice(floats)
         if rng.random() < 0.8:
             trace["native_id"] = rng.choice(natives)
-        fast = nfhub_runs._fast_task_row(trace)
+        fast = nfhub_worker._fast_task_row(trace)
         generic = nfhub_runs.nfhub_worker.task_from_weblog(trace)
         if fast is None:
             declined += 1
             continue
-        for column, value in zip(nfhub_runs.TASK_COLUMNS, fast, strict=True):
+        for column, value in zip(nfhub_worker.TASK_COLUMNS, fast, strict=True):
             if column != "status":
                 assert value == generic[column] and type(value) is type(generic[column]), (column, trace)
     assert 0 < declined < 4000  # both ways were exercised
@@ -191,9 +193,9 @@ def test_fast_task_rows_convert_exactly_as_the_generic_conversion() -> None:
                     trace[key] = rng.choice({"tag": texts, "exit": ints, "start": ints, "native_id": natives,
                                              "error_action": texts, "%cpu": floats}[key])
             traces.append(trace)
-        row = nfhub_runs._task_row(traces, "RUNNING")
-        merged = nfhub_runs._merged_row(traces)
-        for column, value in zip(nfhub_runs.TASK_COLUMNS, row, strict=True):
+        row = nfhub_worker.task_row(traces, "RUNNING")
+        merged = nfhub_worker._merged_row(traces)
+        for column, value in zip(nfhub_worker.TASK_COLUMNS, row, strict=True):
             want = "RUNNING" if column == "status" else merged.get(column)
             if column == "native_id" and want is not None:
                 want = str(want)

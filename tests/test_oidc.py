@@ -28,6 +28,8 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import nfhub
+import nfhub_config
+from conftest import open_db
 
 FRONTEND = "http://frontend.example/app/"
 CLIENT_ID = "nfhub-test"
@@ -257,7 +259,7 @@ def serve(app: Any, port: int) -> Iterator[str]:
 
 
 @pytest.fixture
-def live(config: nfhub.Config) -> Iterator[str]:
+def live(config: nfhub_config.Config) -> Iterator[str]:
     with serve(nfhub.create_app(config), config.port) as base:
         yield base
 
@@ -309,8 +311,8 @@ def me(live: str, token: str) -> httpx.Response:
     return httpx.get(f"{live}/api/users/me", headers={"x-access-token": token}, timeout=10)
 
 
-def user_rows(config: nfhub.Config, provider: str) -> list[dict]:
-    conn = nfhub._open_sync(config)
+def user_rows(config: nfhub_config.Config, provider: str) -> list[dict]:
+    conn = open_db(config)
     try:
         return [dict(r) for r in conn.execute("SELECT * FROM users WHERE provider = ? ORDER BY id", (provider,))]
     finally:
@@ -320,7 +322,7 @@ def user_rows(config: nfhub.Config, provider: str) -> list[dict]:
 # ---- The authorization-code flow against the real provider -------------------------------------------------------
 
 
-def test_full_login_flow_then_logout(live: str, browser: httpx.Client, config: nfhub.Config, mock_idp: str) -> None:
+def test_full_login_flow_then_logout(live: str, browser: httpx.Client, config: nfhub_config.Config, mock_idp: str) -> None:
     r = start_login(browser, live, "mock")
     authorize = r.headers["location"]
     assert authorize.startswith(mock_idp + "/oauth2/authorize?")
@@ -350,7 +352,7 @@ def test_full_login_flow_then_logout(live: str, browser: httpx.Client, config: n
     assert me(live, token).status_code == 401
 
 
-def test_second_login_updates_the_same_user(live: str, browser: httpx.Client, config: nfhub.Config,
+def test_second_login_updates_the_same_user(live: str, browser: httpx.Client, config: nfhub_config.Config,
                                             mock_idp: str) -> None:
     sub = "mock-" + secrets.token_hex(4)
     httpx.put(f"{mock_idp}/users/{sub}", json={"email": "old@lab.example", "preferred_username": "bea"})
@@ -373,7 +375,7 @@ def test_user_name_taken_gets_a_suffix(live: str, browser: httpx.Client, mock_id
     assert names == ["dora-2", "dora-3"]
 
 
-def test_wrong_state_gives_no_token(live: str, browser: httpx.Client, config: nfhub.Config) -> None:
+def test_wrong_state_gives_no_token(live: str, browser: httpx.Client, config: nfhub_config.Config) -> None:
     authorize = start_login(browser, live, "mock").headers["location"]
     callback = approve_at_mock(browser, authorize, MOCK_USER["sub"])
     parts = urlsplit(callback)
@@ -395,7 +397,7 @@ def test_replayed_callback_is_refused(live: str, browser: httpx.Client) -> None:
         assert outcome(other.get(callback)) == {"error": "invalid_state"}
 
 
-def test_callback_in_another_browser_is_refused(live: str, browser: httpx.Client, config: nfhub.Config) -> None:
+def test_callback_in_another_browser_is_refused(live: str, browser: httpx.Client, config: nfhub_config.Config) -> None:
     # Login CSRF: the attacker's own callback URL, opened in the victim's browser, must not log the victim in.
     authorize = start_login(browser, live, "mock").headers["location"]
     callback = approve_at_mock(browser, authorize, MOCK_USER["sub"])
@@ -413,7 +415,7 @@ def test_newer_login_in_another_tab_wins(live: str, browser: httpx.Client) -> No
     assert "token" in outcome(browser.get(callback_b))
 
 
-def test_denied_at_provider(live: str, browser: httpx.Client, config: nfhub.Config) -> None:
+def test_denied_at_provider(live: str, browser: httpx.Client, config: nfhub_config.Config) -> None:
     authorize = start_login(browser, live, "mock").headers["location"]
     r = browser.post(authorize, data={"action": "deny"})
     assert r.status_code == 302
@@ -471,7 +473,7 @@ BAD_ID_TOKENS = ["other_key", "unknown_kid", "alg_none", "hs256_client_secret", 
                  "wrong_nonce", "missing_nonce", "wrong_aud", "wrong_iss", "missing_sub", "no_id_token"]
 
 
-def test_bad_id_tokens_are_refused(live: str, browser: httpx.Client, fake_idp: FakeIdP, config: nfhub.Config) -> None:
+def test_bad_id_tokens_are_refused(live: str, browser: httpx.Client, fake_idp: FakeIdP, config: nfhub_config.Config) -> None:
     # One server for all cases (each case is a full login; a server per case would triple the time).
     results = {}
     for mode in BAD_ID_TOKENS:
@@ -501,9 +503,9 @@ def test_unverified_email_is_not_stored_nor_named_after(live: str, browser: http
     assert user["email"] is None and user["name"] == "user"
 
 
-def test_disabled_user_cannot_log_in(live: str, browser: httpx.Client, config: nfhub.Config) -> None:
+def test_disabled_user_cannot_log_in(live: str, browser: httpx.Client, config: nfhub_config.Config) -> None:
     token = login_at_fake(browser, live)["token"]
-    conn = nfhub._open_sync(config)
+    conn = open_db(config)
     conn.execute("UPDATE users SET disabled = 1 WHERE provider = 'openid:fake'")
     conn.close()
     assert me(live, token).status_code == 401
@@ -516,7 +518,7 @@ def test_admin_by_email_setting(settings: dict, config_file: Path, browser: http
     settings["admins"] = ["fay@lab.example"]
     path = tmp_path / "admins.yaml"
     path.write_text(yaml.safe_dump(settings))
-    config = nfhub.load_config(path, environ={})
+    config = nfhub_config.load_config(path, environ={})
     with serve(nfhub.create_app(config), config.port) as live:
         token = login_at_fake(browser, live)["token"]
         assert me(live, token).json()["user"]["is_admin"] is True
@@ -530,7 +532,7 @@ def test_admin_names_are_never_given_to_provider_users(settings: dict, browser: 
     settings["admins"] = ["boss"]
     path = tmp_path / "admins.yaml"
     path.write_text(yaml.safe_dump(settings))
-    config = nfhub.load_config(path, environ={})
+    config = nfhub_config.load_config(path, environ={})
     fake_idp.claims = {"sub": "fake-boss", "preferred_username": "boss"}
     with serve(nfhub.create_app(config), config.port) as live:
         user = me(live, login_at_fake(browser, live)["token"]).json()["user"]
@@ -546,7 +548,7 @@ def test_unverified_email_grants_nothing(settings: dict, browser: httpx.Client, 
     path = tmp_path / "admins.yaml"
     path.write_text(yaml.safe_dump(settings))
     fake_idp.claims = {"sub": "fake-mallory", "email": "fay@lab.example", "preferred_username": "mallory"}
-    config = nfhub.load_config(path, environ={})
+    config = nfhub_config.load_config(path, environ={})
     with serve(nfhub.create_app(config), config.port) as live:
         user = me(live, login_at_fake(browser, live)["token"]).json()["user"]
         assert user["is_admin"] is False and user["email"] is None

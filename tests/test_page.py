@@ -27,8 +27,8 @@ import httpx
 import pytest
 import yaml
 
-import nfhub
-from conftest import ROOT, LiveServer, make_pipeline, wait_for
+import nfhub_config
+from conftest import ROOT, LiveServer, make_pipeline, open_db, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -193,7 +193,7 @@ def accessible_names_missing(page: Page) -> list[str]:
 
 
 def project_dir(server: LiveServer, pid: int) -> Path:
-    return nfhub.project_dir(server.config, pid)
+    return nfhub_config.project_dir(server.config, pid)
 
 
 # ---- the journey -----------------------------------------------------------------------------------------------------
@@ -646,7 +646,7 @@ def test_form_has_a_control_for_every_argument_type(session: Callable[..., Sessi
 
 def _set_user(server: LiveServer, name: str, **columns: str) -> None:
     """Give a test user an e-mail address or another provider (make_user creates bare local accounts)."""
-    conn = nfhub._open_sync(server.config)
+    conn = open_db(server.config)
     try:
         for column, value in columns.items():
             assert column in ("email", "provider")

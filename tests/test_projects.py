@@ -8,6 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import nfhub
+import nfhub_config
 
 
 def create(client: TestClient, headers: dict, name: str = "exp1") -> dict:
@@ -37,9 +38,9 @@ def test_create_get_list_count(client: TestClient, alice: dict) -> None:
     assert client.get("/api/projects/count", headers=alice).json() == {"count": 2}
 
 
-def test_project_folder_created_and_deleted(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+def test_project_folder_created_and_deleted(client: TestClient, alice: dict, config: nfhub_config.Config) -> None:
     project = create(client, alice)
-    folder = nfhub.project_dir(config, project["id"])
+    folder = nfhub_config.project_dir(config, project["id"])
     assert folder.is_dir()
     (folder / "reads.fastq").write_text("@r1\nACGT\n+\n!!!!\n")
     assert client.post(f"/api/projects/{project['id']}/delete", headers=alice).json() == {}
@@ -129,7 +130,7 @@ def test_admins_setting_grants_admin(settings: dict, config_file, make_user) -> 
 
     settings["admins"] = ["carol"]
     config_file.write_text(yaml.safe_dump(settings))
-    config = nfhub.load_config(config_file, environ={})
+    config = nfhub_config.load_config(config_file, environ={})
     with TestClient(nfhub.create_app(config)) as c:
         a = {"x-access-token": make_user("alice")}
         c.post("/api/projects/create", json={"name": "a"}, headers=a)
@@ -137,7 +138,7 @@ def test_admins_setting_grants_admin(settings: dict, config_file, make_user) -> 
         assert c.get("/api/projects/count", headers=carol).json() == {"count": 1}
 
 
-def test_update_and_delete_refused_while_run_active(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+def test_update_and_delete_refused_while_run_active(client: TestClient, alice: dict, config: nfhub_config.Config) -> None:
     pid = create(client, alice)["id"]
     import sqlite3
 
@@ -159,7 +160,7 @@ def test_seed_typo_alias_accepted(client: TestClient, alice: dict) -> None:
     assert r.status_code == 200
 
 
-def test_restart_keeps_data(config: nfhub.Config, make_user) -> None:
+def test_restart_keeps_data(config: nfhub_config.Config, make_user) -> None:
     with TestClient(nfhub.create_app(config)) as c:
         token = {"x-access-token": make_user("alice")}
         pid = create(c, token, "kept")["id"]
@@ -167,7 +168,7 @@ def test_restart_keeps_data(config: nfhub.Config, make_user) -> None:
         assert c.get(f"/api/projects/{pid}", headers=token).json()["project"]["name"] == "kept"
 
 
-def test_unexpected_exception_is_generic_500(config: nfhub.Config, make_user, monkeypatch, caplog) -> None:
+def test_unexpected_exception_is_generic_500(config: nfhub_config.Config, make_user, monkeypatch, caplog) -> None:
     async def boom(*a, **k):
         raise RuntimeError("secret internals")
 
@@ -204,13 +205,13 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
 
 
 def test_view_links_show_reports_inline_and_sandboxed(client: TestClient, alice: dict, bob: dict,
-                                                       config: nfhub.Config, monkeypatch) -> None:
+                                                       config: nfhub_config.Config, monkeypatch) -> None:
     pid = create(client, alice)["id"]
-    folder = nfhub.project_dir(config, pid) / "results" / "multiqc"
+    folder = nfhub_config.project_dir(config, pid) / "results" / "multiqc"
     folder.mkdir(parents=True)
     (folder / "report.html").write_text("<html><script>document.title='x'</script><img src='plot.png'></html>")
     (folder / "plot.png").write_bytes(b"\x89PNG\r\n")
-    (nfhub.project_dir(config, pid) / "secret.txt").write_text("elsewhere")
+    (nfhub_config.project_dir(config, pid) / "secret.txt").write_text("elsewhere")
     r = client.post(f"/api/projects/{pid}/view-link", json={"path": "results/multiqc/report.html"}, headers=alice)
     assert r.status_code == 200, r.text
     url = r.json()["url"]
@@ -268,9 +269,9 @@ def test_view_links_show_reports_inline_and_sandboxed(client: TestClient, alice:
     assert client.get(expired).status_code == 404
 
 
-def test_view_link_dies_with_the_login_it_came_from(client: TestClient, alice: dict, config: nfhub.Config) -> None:
+def test_view_link_dies_with_the_login_it_came_from(client: TestClient, alice: dict, config: nfhub_config.Config) -> None:
     pid = create(client, alice)["id"]
-    (nfhub.project_dir(config, pid) / "r.html").write_text("<p>report</p>")
+    (nfhub_config.project_dir(config, pid) / "r.html").write_text("<p>report</p>")
     url = client.post(f"/api/projects/{pid}/view-link", json={"path": "r.html"}, headers=alice).json()["url"]
     assert client.get(url).status_code == 200
     assert client.post("/api/users/logout", headers=alice).status_code == 200
@@ -295,3 +296,15 @@ def test_huge_numbers_are_422_not_500(client: TestClient, alice: dict) -> None:
     assert r.status_code == 422 and "max_names" in r.json()["details"]
     r = client.post(f"/api/projects/{pid}/schedule", json={"resume": 10**30}, headers=alice)
     assert r.status_code == 422
+
+
+def test_path_bodies_are_read_by_the_one_body_reader(client: TestClient, alice: dict) -> None:
+    """delete-path and create-folder take {"path"}: anything else is a 400, a body past 64 KiB a 413, nothing made."""
+    pid = client.post("/api/projects/create", json={"name": "p"}, headers=alice).json()["project"]["id"]
+    for route in ("create-folder", "delete-path"):
+        for body in (b"not json", b"[]", b'{"path": 5}', b"{}", b"[" * 60000):
+            r = client.post(f"/api/projects/{pid}/{route}", content=body, headers=alice)
+            assert r.status_code == 400 and "error" in r.json(), (route, body[:20], r.text)
+        r = client.post(f"/api/projects/{pid}/{route}", content=b'{"path": "' + b"a" * 70000 + b'"}', headers=alice)
+        assert r.status_code == 413 and "error" in r.json()
+    assert client.get(f"/api/projects/{pid}/files", headers=alice).json()["entries"] == []

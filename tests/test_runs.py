@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-import nfhub
+import nfhub_config
+import nfhub_runs
 from conftest import LiveServer, new_project, wait_done, wait_for
 
 
@@ -32,8 +34,8 @@ def test_demo_pipeline_runs_to_success(server: LiveServer, token: dict) -> None:
     assert run["submitted_processes"] == 6 and run["completed_processes"] == 6 and run["failed_processes"] == 0
     assert run["session_id"] and run["run_name"].startswith(f"nfhub-{run['id']}-")
     assert run["params"]["greeting"] == "Hi"
-    assert run["params"]["input"] == str(nfhub.project_dir(server.config, pid) / "names.txt")
-    assert run["params"]["outdir"] == str(nfhub.project_dir(server.config, pid) / "results")
+    assert run["params"]["input"] == str(nfhub_config.project_dir(server.config, pid) / "names.txt")
+    assert run["params"]["outdir"] == str(nfhub_config.project_dir(server.config, pid) / "results")
     assert "-params-file" in run["command"] and "-resume" not in run["command"]
     assert run["stats"]["succeeded"] == 6
     project = http.get(f"/api/projects/{pid}", headers=token).json()["project"]
@@ -84,7 +86,7 @@ def test_failure_before_nextflow_starts(server: LiveServer, token: dict, tmp_pat
 
 def test_missing_executable_fails_the_run(server: LiveServer, token: dict, monkeypatch) -> None:
     http = server.http
-    server.app.state.runs.config = nfhub.dataclasses.replace(server.config, nextflow="/nonexistent/nextflow")
+    server.app.state.runs.config = dataclasses.replace(server.config, nextflow="/nonexistent/nextflow")
     pid = new_project(http, token, "hello", {"input": "n.txt"}, {"n.txt": b"x\n"})
     http.post(f"/api/projects/{pid}/schedule", headers=token)
     run = wait_done(http, token, pid)
@@ -138,7 +140,7 @@ def test_weblog_bad_bodies(server: LiveServer, token: dict, rows) -> None:
     pid = new_project(http, token, "slow", {})
     http.post(f"/api/projects/{pid}/schedule", headers=token)
     run = http.get(f"/api/projects/{pid}/runs", headers=token).json()["runs"][0]
-    config = (nfhub.runs_dir(server.config, pid) / str(run["id"]) / "nfhub.config").read_text()
+    config = (nfhub_config.runs_dir(server.config, pid) / str(run["id"]) / "nfhub.config").read_text()
     secret = config.split("token=")[1].split("'")[0]
     url = f"/api/projects/{pid}/nextflow-log?token={secret}"
     assert http.post(url, content=b"{not json").status_code == 400
@@ -158,7 +160,7 @@ def test_repeated_events_are_not_counted_twice(server: LiveServer, token: dict) 
     pid = new_project(http, token, "slow", {})
     http.post(f"/api/projects/{pid}/schedule", headers=token)
     run = http.get(f"/api/projects/{pid}/runs", headers=token).json()["runs"][0]
-    config = (nfhub.runs_dir(server.config, pid) / str(run["id"]) / "nfhub.config").read_text()
+    config = (nfhub_config.runs_dir(server.config, pid) / str(run["id"]) / "nfhub.config").read_text()
     url = "/api/projects/{}/nextflow-log?token={}".format(pid, config.split("token=")[1].split("'")[0])
     wait_for(lambda: http.get(f"/api/projects/{pid}", headers=token).json()["project"]["submitted_processes"] == 2,
              30, what="both SLEEPY tasks to be submitted")
@@ -213,7 +215,6 @@ def test_bad_task_paging(server: LiveServer, token: dict) -> None:
     ("0.0.0.0", "https://hub.example.org/", "https://hub.example.org"),
 ])
 def test_weblog_url_reaches_the_listening_address(host: str, setting: str, expected: str) -> None:
-    import nfhub_runs
 
-    config = nfhub.Config(host=host, port=8123, weblog_url=setting)
+    config = nfhub_config.Config(host=host, port=8123, weblog_url=setting)
     assert nfhub_runs.RunManager(config, None, {}).weblog_base() == expected  # type: ignore[arg-type]

@@ -8,20 +8,22 @@ from pathlib import Path
 import anyio
 import pytest
 
-import nfhub
+import nfhub_auth
+import nfhub_config
+import nfhub_store
 
 
 def test_migrations_from_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     path.write_bytes(b"")
-    assert nfhub.migrate(path) == len(nfhub.MIGRATIONS)
+    assert nfhub_store.migrate(path) == len(nfhub_store.MIGRATIONS)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(nfhub.MIGRATIONS)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(nfhub_store.MIGRATIONS)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"users", "tokens", "projects", "shares", "runs", "tasks", "events"} <= tables
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
-    assert nfhub.migrate(path) == len(nfhub.MIGRATIONS)  # idempotent
+    assert nfhub_store.migrate(path) == len(nfhub_store.MIGRATIONS)  # idempotent
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:
@@ -29,20 +31,20 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version=999")
     conn.close()
-    with pytest.raises(nfhub.StartupError, match="newer"):
-        nfhub.migrate(path)
+    with pytest.raises(nfhub_config.StartupError, match="newer"):
+        nfhub_store.migrate(path)
 
 
 def test_store_pragmas_and_rollback(tmp_path: Path) -> None:
     async def main() -> None:
-        store = nfhub.Store(tmp_path / "db.sqlite")
+        store = nfhub_store.Store(tmp_path / "db.sqlite")
         await store.open()
         try:
             assert (await store.one("PRAGMA foreign_keys"))["foreign_keys"] == 1
             async with store.write() as db:  # the writer waits for locks; quick reads never do (see below)
-                assert (await (await db.execute("PRAGMA busy_timeout")).fetchone())["timeout"] >= 5000
+                assert (await db.execute("PRAGMA busy_timeout")).fetchone()["timeout"] >= 5000
             assert (await store.one("PRAGMA journal_mode"))["journal_mode"] == "wal"
-            uid = await nfhub.create_user(store, "u")
+            uid = await nfhub_auth.create_user(store, "u")
             with pytest.raises(RuntimeError):
                 async with store.write() as db:
                     await db.execute("INSERT INTO projects (owner_id, name, created_at, updated_at)"
@@ -79,7 +81,7 @@ def test_reads_past_the_step_budget_move_off_the_event_loop(tmp_path: Path) -> N
              " SELECT count(*) AS c, sum(i) AS s FROM n")
 
     async def main() -> None:
-        store = nfhub.Store(tmp_path / "db.sqlite")
+        store = nfhub_store.Store(tmp_path / "db.sqlite")
         await store.open()
         try:
             assert await store.one(heavy, (10,)) == {"c": 10, "s": 55}

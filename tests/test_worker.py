@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+import nfhub_files
 import nfhub_worker as w
 
 pytestmark = pytest.mark.anyio
@@ -974,8 +975,8 @@ def test_work_dir_size(tmp_path: Path) -> None:
     os.link(big, work / "ab" / "cdef" / "big.hardlink")
     write(tmp_path / "outside" / "huge", 5000)
     (work / "ab" / "cdef" / "link").symlink_to(tmp_path / "outside")
-    assert w.work_dir_size(work) == 1100
-    assert w.work_dir_size(tmp_path / "missing") == 0
+    assert nfhub_files.work_dir_size(work) == 1100
+    assert nfhub_files.work_dir_size(tmp_path / "missing") == 0
 
 
 def test_clean_work_dir(tmp_path: Path) -> None:
@@ -1002,7 +1003,7 @@ def test_clean_work_dir(tmp_path: Path) -> None:
     write(t5 / ".command.err", 10)
     os.link(write(t5 / "counts.tsv", 1000), project / "counts.tsv")
 
-    freed = w.clean_work_dir(
+    freed = nfhub_files.clean_work_dir(
         work,
         [str(t1), str(t2), str(t3), str(t4), str(t5), str(victim), str(work / ".." / ".." / ".." / "victim"),
          str(work), "relative/dir", "s3://bucket/work/ab/cd", str(work / "zz" / "missing")],
@@ -1024,9 +1025,9 @@ def test_clean_work_dir_through_symlinked_parent(tmp_path: Path) -> None:
     write(outside / "deadbeef" / "data", 10)
     work.mkdir()
     (work / "ab").symlink_to(outside)  # work/ab/deadbeef resolves outside the work dir
-    assert w.clean_work_dir(work, [str(work / "ab" / "deadbeef")], keep=[]) == 0
+    assert nfhub_files.clean_work_dir(work, [str(work / "ab" / "deadbeef")], keep=[]) == 0
     assert (outside / "deadbeef" / "data").exists()
-    assert w.clean_work_dir(tmp_path / "no-work", [str(work / "x")], keep=[]) == 0
+    assert nfhub_files.clean_work_dir(tmp_path / "no-work", [str(work / "x")], keep=[]) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
