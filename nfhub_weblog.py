@@ -357,7 +357,6 @@ class Weblog:
                     del table[key]
         self.task_status.pop(run_id, None)
 
-
     # -- weblog ingestion
     def run_for_secret(self, query_string: bytes, authorization: str | None, project_id: int) -> RunRef | None:
         """The run whose secret the request carries (?token= or HTTP Basic weblog.basicToken), else None."""
@@ -385,7 +384,6 @@ class Weblog:
             return None
         return ref
 
-
     def authorize(self, project_id: int, query_string: bytes, authorization: str | None) -> RunRef:
         """The run a weblog request is for, by its secret; 401 otherwise. Checked before the body is read."""
         ref = self.run_for_secret(query_string, authorization, project_id)
@@ -393,15 +391,13 @@ class Weblog:
             raise APIError(401, "missing or wrong run secret")
         return ref
 
-
     def backlogged(self) -> bool:
         """Whether the applier is so far behind that a sender must wait for it (memory stays bounded)."""
         return len(self.queue) > MAX_QUEUED_EVENTS or self.queued_bytes > MAX_QUEUED_BYTES
 
-
     def accept(self, ref: RunRef, body: bytes) -> None:
         """Check one weblog event, make it durable and queue it for the applier; raises APIError (nothing recorded).
-        Synchronous: both the ASGI route and the HTTP-level fast lane (WeblogProtocol) answer 2xx once it returns."""
+        Synchronous: endpoint() answers 2xx once it returns."""
         try:
             event = _loads(body)
         except ValueError:
@@ -427,7 +423,6 @@ class Weblog:
         if not self.woken:
             self.woken = True
             self.wake.set()
-
 
     async def endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
         """POST /api/projects/<id>/nextflow-log as a plain ASGI app (scope["path_params"]["id"] is the project): 200
@@ -470,7 +465,6 @@ class Weblog:
         await send(_EMPTY_200)
         await send(_EMPTY_BODY)
 
-
     async def flush(self) -> None:
         """Wait until every event acknowledged so far is applied."""
         target = self.seq
@@ -482,7 +476,6 @@ class Weblog:
                 await self.applied_event.wait()
         finally:
             self.hurry -= 1
-
 
     async def _applier(self) -> None:
         while True:
@@ -512,7 +505,6 @@ class Weblog:
             if self.applied >= self.seq and not self.journal_keep and self.journal.pos > JOURNAL_TRUNCATE:
                 self.journal.reset()  # everything in it is committed; no await since the check
 
-
     async def _apply_batch(self, batch: list[Journaled], replay: bool = True) -> None:
         try:
             changed = await self.store.write_fn(apply_events, batch, self.task_status, replay)
@@ -538,7 +530,6 @@ class Weblog:
                 raise failed from None  # nothing at all went in: the database is the problem, not the events
         if self.on_applied is not None and (changed["runs"] or changed["tasks"]):
             await self.on_applied(changed)
-
 
     async def _replay_journal(self) -> None:
         """Events acknowledged before a crash but not yet applied are applied now (idempotent by jid)."""

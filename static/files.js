@@ -1,7 +1,7 @@
 // nfhub page: the project's files — browse, create folders, delete, download (folders as zip), upload (button and
 // drag and drop, files and whole folders, per-file progress, resumable chunks for large files), preview.
 import { ApiError, api, downloadUrl, errorFrom, friendlyError, getToken, joinPath } from "./api.js";
-import { button, confirmDialog, emptyState, fmtBytes, h, icon, modal, progressBar, promptDialog, replace, timeEl,
+import { ACTIVE, button, confirmDialog, emptyState, fmtBytes, h, icon, modal, progressBar, promptDialog, replace, timeEl,
   toast } from "./ui.js";
 
 export async function listDir(projectId, dir) {
@@ -377,7 +377,7 @@ export class FilesTab {
     this.onUploads = (e) => this.renderUploads(e.detail);
     this.onUploaded = () => this.refreshSoon();
     this.onRun = (e) => {
-      if (!["queued", "starting", "running"].includes(e.detail.status)) this.refreshSoon();
+      if (!ACTIVE.has(e.detail.status)) this.refreshSoon();
     };
     view.uploads.addEventListener("change", this.onUploads);
     view.uploads.addEventListener("uploaded", this.onUploaded);
