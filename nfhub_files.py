@@ -69,7 +69,6 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger("nfhub.files")
 
@@ -102,11 +101,13 @@ _SECURITY_HEADERS = {"x-content-type-options": "nosniff", "content-security-poli
 class FilesError(Exception):
     """A refused request: the app answers ``status`` with ``{"error": message, "details"?: details}``."""
 
-    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, message: str, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -982,26 +983,59 @@ def _media_type(name: str) -> str:
     return kind or "application/octet-stream"
 
 
-class _OpenFileResponse(FileResponse):
-    """FileResponse (ranges, ETag, 416) served from a handle opened up front, so a concurrent os.replace of the
-    path cannot mix two versions, and with larger reads."""
+def _file_response(fp: BinaryIO, st: os.stat_result, name: str, request: Request) -> FileResponse:
+    """Starlette's FileResponse (ranges, ETag, 416) for a file nfhub opened itself: it is served through
+    /proc/self/fd/N, which opens that very file (not whatever the path names by then), so a concurrent os.replace
+    of the path cannot mix two versions. The handle is closed once the answer is out. A Range header it would refuse
+    is refused here first, in nfhub's JSON error shape."""
+    headers = {"content-disposition": _disposition(name), **_SECURITY_HEADERS}
+    response = FileResponse(f"/proc/self/fd/{fp.fileno()}", headers=headers, media_type=_media_type(name),
+                            stat_result=st, background=BackgroundTask(fp.close))
+    response.chunk_size = IO_CHUNK  # larger reads: few syscalls and thread hops
+    try:
+        _check_range(request, response, st.st_size)
+    except FilesError:
+        fp.close()
+        raise
+    return response
 
-    chunk_size = IO_CHUNK
 
-    def __init__(self, fp: BinaryIO, path: str, st: os.stat_result, name: str) -> None:
-        headers = {"content-disposition": _disposition(name), **_SECURITY_HEADERS}
-        super().__init__(path, headers=headers, media_type=_media_type(name), stat_result=st)
-        self._fp = fp
-
-    @contextlib.asynccontextmanager
-    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
-        yield anyio.wrap_file(self._fp)  # just opened, at 0; the range handlers seek for themselves
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+def _check_range(request: Request, response: FileResponse, size: int) -> None:
+    """Refuse, as FileResponse would (RFC 9110 §14), a Range it cannot serve: 400 when malformed or with no usable
+    range, 416 when a range starts past the end. One it would ignore (If-Range that does not match) passes."""
+    header = request.headers.get("range")
+    if header is None or request.method not in ("GET", "HEAD"):
+        return
+    if_range = request.headers.get("if-range")
+    if if_range is not None and (if_range.startswith("W/") or if_range not in (
+            response.headers.get("last-modified"), response.headers.get("etag"))):
+        return
+    units, sep, spec = header.partition("=")
+    if not sep:
+        raise FilesError(400, "malformed Range header")
+    if units.strip().lower() != "bytes":
+        raise FilesError(400, "only byte ranges are supported")
+    if spec.count(",") + 1 > FileResponse.max_ranges:
+        return  # (served whole)
+    ranges = []
+    for part in spec.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not dash:
+            continue
+        first, last = first.strip(), last.strip()
         try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._fp.close()
+            start = int(first) if first else max(size - int(last), 0)
+            end = int(last) + 1 if first and last and int(last) < size else size
+        except ValueError:
+            continue
+        ranges.append((start, end))
+    if not ranges:
+        raise FilesError(400, "the Range header names no range")
+    if any(not 0 <= start < size for start, _ in ranges):
+        raise FilesError(416, f"the range starts past the end of the file ({size} bytes)",
+                         headers={"content-range": f"bytes */{size}"})
+    if any(start >= end for start, end in ranges):
+        raise FilesError(400, "a range in the Range header ends before it starts")
 
 
 def _open_regular(path: str) -> tuple[BinaryIO, os.stat_result]:
@@ -1136,7 +1170,7 @@ async def download(ctx: ProjectFiles, request: Request) -> Response:
         fp, st = await anyio.to_thread.run_sync(_open_regular, real)
     except OSError as exc:
         raise _os_error(exc) from exc
-    return _OpenFileResponse(fp, real, st, name)
+    return _file_response(fp, st, name, request)
 
 
 # A user's HTML report shown in the page: scripts may run (MultiQC's plots need them) but in an opaque origin
@@ -1158,26 +1192,11 @@ async def view(ctx: ProjectFiles, rel: str, request: Request) -> Response:
         fp, st = await anyio.to_thread.run_sync(_open_regular, real)
     except OSError as exc:
         raise _os_error(exc) from exc
-    response = _OpenFileResponse(fp, real, st, names[-1])
+    response = _file_response(fp, st, names[-1], request)
     response.headers["content-disposition"] = "inline"
     response.headers["content-security-policy"] = VIEW_CSP
     response.headers["cache-control"] = "private, max-age=300"
     return response
-
-
-__all__ = [
-    "FilesError",
-    "ProjectFiles",
-    "create_folder",
-    "delete_path",
-    "download",
-    "list_files",
-    "resolve_path",
-    "sweep_staging",
-    "upload_file",
-    "upload_status",
-    "view",
-]
 
 
 # ---- Run work folders ---------------------------------------------------------------------------------------------
@@ -1265,3 +1284,8 @@ def clean_work_dir(work_dir: Path, task_workdirs: Iterable[str], keep: Iterable[
             except OSError:
                 pass
     return freed
+
+
+__all__ = ["MAX_JSON_BYTES", "FilesError", "ProjectFiles", "clean_work_dir", "create_folder", "delete_path", "download",
+           "inside", "list_files", "resolve_path", "sweep_staging", "upload_file", "upload_status", "view",
+           "work_dir_size"]

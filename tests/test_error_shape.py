@@ -214,13 +214,8 @@ for _url in [*JSON_ROUTES, "/api/users/local/local/login"]:  # every route that 
     CASES[f"413-{_name}"] = (413, "POST", _url, {"content": BIG, "headers": {"content-type": "application/json"}}, _who)
     CASES[f"413-{_name}-chunked"] = (413, "POST", _url, {"chunked": True}, _who)  # no Content-Length
 
-RANGE_BUG = "Starlette's FileResponse answers a bad or unsatisfiable Range itself, as text/plain, not the JSON shape"
-XFAIL = {"400-bad-range": RANGE_BUG, "416-range-past-end": RANGE_BUG}
-
-
 @pytest.mark.parametrize(("status", "method", "url", "kw", "who"), [
-    pytest.param(*case, id=name, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[name])] if name in XFAIL else [])
-    for name, case in CASES.items()])
+    pytest.param(*case, id=name) for name, case in CASES.items()])
 def test_error_shape(client, pid, alice, bob, status, method, url, kw, who):
     """One request, one expected status, the one shape."""
     kw = dict(kw)

@@ -60,7 +60,7 @@ def make_app(ctx: nf.ProjectFiles) -> Starlette:
                 body: dict[str, Any] = {"error": exc.message}
                 if exc.details:
                     body["details"] = exc.details
-                return JSONResponse(body, status_code=exc.status)
+                return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
         return endpoint
 
