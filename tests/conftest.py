@@ -285,9 +285,11 @@ def wait_done(http: httpx.Client, headers: dict, pid: int, timeout: float = 60) 
 # Fixtures that start a real server, process or browser: tests using them are marked `live`, so that
 # `pytest -m "not live"` is a loop of seconds. (`make test` runs everything.)
 LIVE_FIXTURES = frozenset(("live_settings", "live", "server", "mock_idp", "fake_idp", "page", "browser_page"))
+LIVE_MODULES = frozenset(("test_fake_nextflow.py",))  # every test there runs the Nextflow double as a process
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if LIVE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser"):
+        if (LIVE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser")
+                or item.path.name in LIVE_MODULES):
             item.add_marker(pytest.mark.live)

@@ -5,6 +5,7 @@ dependency are used. A new module must be given its floor here, or this test fai
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ PRIVATE_MODULES = ("uvicorn.protocols", "uvicorn.lifespan", "starlette._", "aios
 WEB_DEPENDENCIES = ("starlette", "uvicorn", "aiosqlite", "httptools", "h11")
 
 
+@functools.cache
 def _modules() -> dict[str, ast.Module]:
     return {p.stem: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(ROOT.glob("nfhub*.py"))}
 
