@@ -216,7 +216,8 @@ def _apply_run_event(db: sqlite3.Connection, run_id: int, kind: str, body: dict[
 
 # ---- Journal -------------------------------------------------------------------------------------------------------
 
-APPLY_BATCH = 2000  # events per transaction at most
+APPLY_BATCH = 2000  # queued events that start the applier without waiting for a lull
+QUICK_APPLY = 500  # events per transaction of the live applier (a few milliseconds on the event loop's thread)
 APPLY_GATHER = 0.005  # seconds without a new event that count as a lull, when the applier runs
 APPLY_MAX_DELAY = 0.25  # seconds an acknowledged event may wait for the applier at most (live views lag this much)
 MAX_QUEUED_EVENTS = 50_000  # acknowledged but not yet applied; beyond it senders wait
@@ -491,7 +492,9 @@ class Weblog:
             self.wake = anyio.Event()
             self.woken = False
             while self.queue:
-                batch, self.queue = self.queue[:APPLY_BATCH], self.queue[APPLY_BATCH:]
+                # In slices small enough to apply on the event loop's thread (Store.write_fn's quick path) without
+                # holding up the requests waiting behind them for more than a few milliseconds.
+                batch, self.queue = self.queue[:QUICK_APPLY], self.queue[QUICK_APPLY:]
                 self.queued_bytes -= sum(len(item[4]) for item in batch)
                 try:
                     await self._apply_batch(batch, replay=False)
@@ -502,12 +505,14 @@ class Weblog:
                 self.applied = max(self.applied, int(batch[-1][0].rsplit("-", 1)[1]))
                 event, self.applied_event = self.applied_event, anyio.Event()
                 event.set()
+                await anyio.sleep(0)  # requests that arrived meanwhile go first
             if self.applied >= self.seq and not self.journal_keep and self.journal.pos > JOURNAL_TRUNCATE:
                 self.journal.reset()  # everything in it is committed; no await since the check
 
     async def _apply_batch(self, batch: list[Journaled], replay: bool = True) -> None:
         try:
-            changed = await self.store.write_fn(apply_events, batch, self.task_status, replay)
+            changed = await self.store.write_fn(apply_events, batch, self.task_status, replay,
+                                                quick=len(batch) <= QUICK_APPLY)
         except Exception:
             self.task_status.clear()  # statuses of a transaction that did not commit
             # One malformed event must not take the others (or the next start) down with it: apply them one by one
