@@ -237,3 +237,49 @@ def test_a_user_disabled_by_hand_is_refused_within_seconds(client: TestClient, m
     conn.close()
     wait_for(lambda: client.get("/api/projects", headers=token).status_code == 401,
              nfhub_store.USER_CACHE_SECONDS + 3, 0.1, "the change made outside nfhub to be seen")
+
+
+@pytest.mark.parametrize(("host", "http", "parser"), [
+    pytest.param("127.0.0.1", "auto", "httptools", id="loopback-auto"),
+    pytest.param("::1", "auto", "httptools", id="ipv6-loopback-auto"),
+    pytest.param("0.0.0.0", "auto", "h11", id="all-addresses-auto"),
+    pytest.param("10.1.2.3", "auto", "h11", id="lan-auto"),
+    pytest.param("0.0.0.0", "httptools", "httptools", id="forced-httptools"),
+    pytest.param("127.0.0.1", "h11", "h11", id="forced-h11"),
+])
+def test_http_parser_follows_where_nfhub_listens(host: str, http: str, parser: str) -> None:
+    options = nfhub.http_options(nfhub_config.Config(host=host, http=http))
+    assert options["http"] == parser
+    assert (options.get("h11_max_incomplete_event_size") == nfhub.MAX_HEADER_BYTES) == (parser == "h11")
+
+
+def test_bad_http_setting_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("http: fast\n")
+    with pytest.raises(nfhub_config.StartupError, match="'http' must be one of auto, httptools, h11"):
+        nfhub_config.load_config(tmp_path / "c.yaml", environ={})
+
+
+def test_h11_refuses_a_huge_header_block_without_buffering_it(live_settings: dict, config_file: Path) -> None:
+    """Where nfhub faces clients (h11), a header block over 64 KiB is answered 400 and the connection closed; the
+    rest of a 64 MiB header is never read."""
+    import socket
+
+    from conftest import LiveServer
+
+    live_settings["http"] = "h11"
+    config_file.write_text(yaml.safe_dump(live_settings))
+    with LiveServer(nfhub_config.load_config(config_file, environ={})) as server:
+        assert server.http.get("/api/health").status_code == 200
+        with socket.create_connection(("127.0.0.1", server.config.port), timeout=10) as sock:
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nhost: x\r\nx-big: ")
+            sent = 0
+            try:
+                while sent < 64 << 20:
+                    sock.sendall(b"a" * (1 << 20))
+                    sent += 1 << 20
+                answer = sock.recv(65536)
+            except OSError:  # the server closed the connection while we were still sending
+                answer = b"reset"
+        assert answer.startswith(b"HTTP/1.1 400") or answer in (b"", b"reset"), answer[:100]
+        assert sent < 16 << 20  # refused long before the end: nothing like 64 MiB was taken in
+        assert server.http.get("/api/health").status_code == 200
